@@ -1,0 +1,32 @@
+# Two commands for a fresh machine:  make run  ·  make test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: run test lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+## make run: set up, then run the nightly batch on the sample corpus (simulated providers)
+run: $(STAMP)
+	$(BIN)/docroute run --config examples/docroute.yaml
+
+## make test: set up, then lint and run the whole test suite
+test: $(STAMP) lint
+	$(BIN)/pytest
+
+## make lint: ruff (lint + format) and mypy, the gates `make test` runs first
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline flows schemas tests
+	$(BIN)/ruff format --check pipeline flows schemas tests
+	$(BIN)/mypy pipeline flows schemas
+
+clean:
+	rm -rf $(VENV) docroute-output .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,133 @@
+"""The project's error tree. Adapters translate SDK exceptions into it at the edge; the
+router and the ledger read only these types and their fields.
+
+    DocrouteError
+    ├── ConfigError                 a bad docroute.yaml or command line (before any work)
+    ├── StageError                  a stage failed for a whole batch (names stage and batch)
+    └── ProviderError               one attempt at one endpoint went wrong
+        ├── TransientError          worth retrying the same endpoint after a backoff
+        │   ├── RateLimited         429, with retry_after when the provider said
+        │   ├── Overloaded          529 / 503 "overloaded"
+        │   ├── ServerError         other 5xx
+        │   ├── Timeout             no answer in time
+        │   └── ConnectionDropped   connection refused, reset or cut off
+        ├── TerminalError           this endpoint will not serve this request: next candidate
+        │   ├── AuthError           401 / 403: the endpoint is disabled for the run
+        │   ├── BadRequest          400 / 404 / 422
+        │   └── ContextExceeded     the prompt does not fit the model's window
+        └── InvalidOutput           a 200 answer that is unusable: repair once, then reroute
+                                    (kind: unparseable, truncated, schema_invalid, refusal)
+
+Every ProviderError carries what the ledger records: ``provider``, ``model``,
+``http_status``, ``retry_after`` and a message that has been scrubbed of secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pipeline.models import Outcome, Usage
+
+InvalidKind = Literal["unparseable", "truncated", "schema_invalid", "refusal", "empty"]
+
+
+class DocrouteError(Exception):
+    """Base of every error docroute raises on purpose."""
+
+
+class ConfigError(DocrouteError):
+    """The configuration or a command-line value is wrong; the message says which and why."""
+
+
+class StageError(DocrouteError):
+    """A pipeline stage failed for a whole batch (infrastructure, not a chunk's data)."""
+
+    def __init__(self, stage: str, batch_id: str, cause: BaseException) -> None:
+        super().__init__(f"stage {stage!r} failed for batch {batch_id}: {cause}")
+        self.stage = stage
+        self.batch_id = batch_id
+
+
+class ProviderError(DocrouteError):
+    """One attempt failed. ``outcome`` is the ledger value for it."""
+
+    outcome: Outcome = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        usage: Usage | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.model = model
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.usage = usage or Usage()
+        self.request_id = request_id
+
+
+class TransientError(ProviderError):
+    """Retry the same endpoint after a backoff (honouring ``retry_after``)."""
+
+
+class RateLimited(TransientError):
+    outcome: Outcome = "rate_limited"
+
+
+class Overloaded(TransientError):
+    outcome: Outcome = "overloaded"
+
+
+class ServerError(TransientError):
+    outcome: Outcome = "server_error"
+
+
+class Timeout(TransientError):
+    outcome: Outcome = "timeout"
+
+
+class ConnectionDropped(TransientError):
+    outcome: Outcome = "connection_error"
+
+
+class TerminalError(ProviderError):
+    """Do not retry this endpoint for this request; try the next candidate."""
+
+
+class AuthError(TerminalError):
+    outcome: Outcome = "auth_error"
+
+
+class BadRequest(TerminalError):
+    outcome: Outcome = "bad_request"
+
+
+class ContextExceeded(TerminalError):
+    outcome: Outcome = "context_exceeded"
+
+
+class InvalidOutput(ProviderError):
+    """The provider answered (and billed) but the answer cannot be used."""
+
+    outcome: Outcome = "invalid_output"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: InvalidKind,
+        raw: str | None = None,
+        usage: Usage | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, usage=usage, request_id=request_id)
+        self.kind = kind
+        self.raw = raw
