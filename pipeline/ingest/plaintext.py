@@ -1,0 +1,62 @@
+"""Plain text (``.txt``, ``.md``): bytes to text, never crashing on an encoding.
+
+    extract_plain(doc, "café\\r\\n".encode("cp1252"))
+    # ExtractedText(text='café\\r\\n', encoding='cp1252',
+    #               note='invalid UTF-8 at byte 3: decoded as cp1252')
+
+UTF-8 first (a leading byte-order mark is dropped); bytes that are not UTF-8 are read as
+cp1252 (what Windows tools write), and when even that fails, as latin-1, which accepts
+every byte. The text is kept exactly as decoded, newlines included: chunk offsets refer to
+it. Markdown is kept as written too; its blank lines and headings are what the chunker
+splits on.
+"""
+
+from __future__ import annotations
+
+import codecs
+
+from pipeline.ingest.base import DocumentError, ExtractedText
+from pipeline.models import Document
+
+__all__ = ["BINARY_SNIFF_BYTES", "decode_text", "extract_plain"]
+
+#: A NUL byte this close to the start means "not text" (as git and grep decide).
+BINARY_SNIFF_BYTES = 8192
+
+_FALLBACKS = ("cp1252", "latin-1")
+
+
+def extract_plain(doc: Document, data: bytes) -> ExtractedText:
+    """The text of a plain-text or markdown file (see the module docstring)."""
+    return decode_text(doc, data)
+
+
+def decode_text(doc: Document, data: bytes) -> ExtractedText:
+    """Decode ``data`` as UTF-8, else cp1252, else latin-1; ``DocumentError`` if binary.
+
+    Shared by every text-based format (html, jsonl later), so they all sniff and fall back
+    the same way.
+    """
+    nul = data.find(b"\x00", 0, BINARY_SNIFF_BYTES)
+    if nul != -1:
+        raise DocumentError(
+            "binary", f"{doc.path}: looks binary (NUL byte at offset {nul}), not text"
+        )
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    data = data[bom:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _fallback(data, bad_at=bom + exc.start)
+    return ExtractedText(text=text, encoding="utf-8-sig" if bom else "utf-8")
+
+
+def _fallback(data: bytes, *, bad_at: int) -> ExtractedText:
+    for encoding in _FALLBACKS:
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        note = f"invalid UTF-8 at byte {bad_at}: decoded as {encoding}"
+        return ExtractedText(text=text, encoding=encoding, note=note)
+    raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
