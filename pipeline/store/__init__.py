@@ -1,0 +1,32 @@
+"""Crash-safe Parquet parts, DuckDB views over them, and read-only SQL for users.
+
+    from pipeline.store import Store, render
+
+    store = Store(Path("out"))
+    store.write_rows("ledger", run_id, entries)
+    store.refresh_catalog()
+    print(render(store.query("SELECT outcome, count(*) FROM ledger GROUP BY ALL"), "table"))
+
+See ``store.py`` for the layout and ``catalog.py`` for what user SQL may do.
+"""
+
+from .catalog import CatalogLockedError, QueryError, QueryResult, ReadOnlyQueryError, StoreError
+from .render import render
+from .runs import DocumentRow, RunRecord, RunStatus
+from .store import Store
+from .tables import SCHEMAS, TABLES
+
+__all__ = [
+    "SCHEMAS",
+    "TABLES",
+    "CatalogLockedError",
+    "DocumentRow",
+    "QueryError",
+    "QueryResult",
+    "ReadOnlyQueryError",
+    "RunRecord",
+    "RunStatus",
+    "Store",
+    "StoreError",
+    "render",
+]
