@@ -1,0 +1,313 @@
+"""``docroute.yaml``: typed, validated once at start, before any document is read.
+
+    cfg = load_config("examples/docroute.yaml")
+    cfg.budget.run_usd            # 0.5
+    cfg.providers[0].region       # "eu"
+
+Relative paths in the file (``corpus.path``, ``output.root``) are resolved against the
+folder of the file, so a config means the same thing wherever docroute is started.
+API keys are never in the file: a provider names the environment variable that holds
+its key (``api_key_env``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+Region = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ResidencyRule(_Model):
+    match: str
+    """Glob over the document's path relative to ``corpus.path`` (``eu/**``, ``**/*.md``)."""
+    regions: list[Region] = Field(min_length=1)
+    """Regions a matching document may be sent to."""
+
+    @field_validator("match")
+    @classmethod
+    def _valid_glob(cls, value: str) -> str:
+        from pipeline.globs import compile_glob
+
+        compile_glob(value)
+        return value
+
+
+class CorpusConfig(_Model):
+    path: Path
+    """Folder holding the documents (relative to this file)."""
+    include: list[str] = Field(default_factory=lambda: ["**/*.txt", "**/*.md"], min_length=1)
+    """Globs of the files to read."""
+    exclude: list[str] = Field(default_factory=list)
+    """Globs of files to leave out, applied after ``include``."""
+    max_file_mb: float = Field(default=50.0, gt=0)
+    """Files larger than this get an error row (``too_large``) instead of being read."""
+    residency: list[ResidencyRule] = Field(default_factory=list)
+    """Rules in order; the first whose glob matches gives a document its allowed regions."""
+    residency_default: Literal["deny"] | list[Region] = "deny"
+    """Regions for documents no rule matches: ``deny`` (sent nowhere) or a list."""
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _valid_globs(cls, values: list[str]) -> list[str]:
+        from pipeline.globs import compile_glob
+
+        for value in values:
+            compile_glob(value)
+        return values
+
+
+class TaskConfig(_Model):
+    schema_name: str = Field(alias="schema")
+    """Name of the output schema (see ``schemas/``), e.g. ``chunk_summary``."""
+    instructions: str | None = None
+    """System prompt; defaults to the schema's own instructions."""
+    max_output_tokens: int = Field(default=1024, ge=16, le=200_000)
+    """Upper bound on each answer's tokens; also what the budget reserves per call."""
+    temperature: float | None = Field(default=0.0, ge=0, le=2)
+    """Sampling temperature (``null`` leaves the provider's default)."""
+
+
+class ChunkingConfig(_Model):
+    max_tokens: int = Field(default=800, ge=16, le=200_000)
+    """Upper bound on a chunk's tokens (by the chunker's counter)."""
+    overlap_tokens: int = Field(default=64, ge=0)
+    """Tokens shared by consecutive chunks of a document."""
+
+    @model_validator(mode="after")
+    def _overlap_below_max(self) -> ChunkingConfig:
+        if self.overlap_tokens >= self.max_tokens:
+            raise ValueError(
+                f"overlap_tokens ({self.overlap_tokens}) must be smaller than "
+                f"max_tokens ({self.max_tokens})"
+            )
+        return self
+
+
+class BudgetConfig(_Model):
+    run_usd: float = Field(gt=0)
+    """Hard cap on what one run may spend, in USD (the sum of its ledger costs)."""
+
+
+class RoutingConfig(_Model):
+    strategy: Literal["cheapest"] = "cheapest"
+    """How allowed candidates are ordered: ``cheapest`` worst-case cost first."""
+    max_attempts: int = Field(default=6, ge=1, le=50)
+    """Attempts per chunk across all endpoints, repairs and retries included."""
+    repair_attempts: int = Field(default=1, ge=0, le=5)
+    """Repair prompts per endpoint after an answer fails validation, before rerouting."""
+    retries_per_endpoint: int = Field(default=2, ge=0, le=20)
+    """Retries of one endpoint after transient errors (429, 5xx, timeouts)."""
+    backoff_initial_s: float = Field(default=0.5, ge=0)
+    """First retry delay; doubles per retry, with jitter; ``retry-after`` wins if longer."""
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    """Longest retry delay."""
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    """Timeout of one HTTP request."""
+    concurrency: int = Field(default=32, ge=1, le=4096)
+    """Calls in flight at once within a batch."""
+    batch_size: int = Field(default=250, ge=1, le=100_000)
+    """Chunks per Prefect task (one task per batch, never one per chunk)."""
+
+
+class SimulatorConfig(_Model):
+    latency_ms: tuple[float, float] = (5.0, 40.0)
+    """Uniform range of the simulated answer latency."""
+    rate_429: float = Field(default=0.0, ge=0, le=1)
+    """Share of requests answered 429 (with ``retry-after``)."""
+    rate_500: float = Field(default=0.0, ge=0, le=1)
+    """Share of requests answered 500."""
+    invalid_rate: float = Field(default=0.0, ge=0, le=1)
+    """Share of answers that are JSON but do not fit the schema."""
+    retry_after_s: float = Field(default=1.0, ge=0)
+    """``retry-after`` sent with simulated 429s."""
+    seed: int = 0
+    """Seed of the simulator's fault draws (runs are reproducible)."""
+
+
+class ModelConfig(_Model):
+    id: str = Field(min_length=1)
+    """Model id as the provider knows it (a dated snapshot pins it)."""
+    input_per_mtok: float | None = Field(default=None, ge=0)
+    """USD per million input tokens; defaults to the shipped price table."""
+    output_per_mtok: float | None = Field(default=None, ge=0)
+    """USD per million output tokens; defaults to the shipped price table."""
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    """USD per million cached input tokens; defaults to the table, else the input price."""
+    context_window: int | None = Field(default=None, ge=256)
+    """Tokens the model accepts (prompt + output); defaults to the table."""
+    max_output_tokens: int | None = Field(default=None, ge=16)
+    """Largest answer the model can give; defaults to the table."""
+    structured_output: bool = True
+    """Whether the endpoint enforces a JSON schema on answers."""
+
+
+class ProviderConfig(_Model):
+    name: Name
+    """Unique endpoint name, as it appears in the ledger."""
+    kind: Literal["openai", "openai_compatible"]
+    """Wire protocol / adapter (see ``pipeline/providers``)."""
+    region: Region
+    """Where this endpoint processes data (``eu``, ``us``, ``on-prem``, …)."""
+    base_url: str | None = None
+    """API base URL (with ``/v1``); the SDK's default when empty."""
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Environment variable holding the API key; ``null`` for keyless endpoints."""
+    simulate: Literal["auto", "always", "never"] = "auto"
+    """``auto``: use the built-in simulator when the key variable is unset."""
+    simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    """How the simulator behaves when it stands in for this endpoint."""
+    models: list[ModelConfig] = Field(min_length=1)
+    """Models offered by this endpoint."""
+
+
+class OutputConfig(_Model):
+    root: Path = Path("docroute-output")
+    """Folder for Parquet parts and ``catalog.duckdb`` (relative to this file)."""
+
+
+class Config(_Model):
+    corpus: CorpusConfig
+    task: TaskConfig
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    budget: BudgetConfig
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    providers: list[ProviderConfig] = Field(min_length=1)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("providers")
+    @classmethod
+    def _unique_names(cls, providers: list[ProviderConfig]) -> list[ProviderConfig]:
+        seen: set[str] = set()
+        for p in providers:
+            if p.name in seen:
+                raise ValueError(f"provider name {p.name!r} is used twice; names must be unique")
+            seen.add(p.name)
+        return providers
+
+    @field_validator("task")
+    @classmethod
+    def _known_schema(cls, task: TaskConfig) -> TaskConfig:
+        from schemas import SCHEMAS
+
+        if task.schema_name not in SCHEMAS:
+            known = ", ".join(sorted(SCHEMAS))
+            raise ValueError(f"unknown schema {task.schema_name!r}; expected one of: {known}")
+        return task
+
+    def fingerprint(self) -> str:
+        """Hash of the effective configuration (recorded with each run)."""
+        blob = self.model_dump_json(by_alias=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, validate and resolve a config file; raise ConfigError naming what is wrong.
+
+    ``overrides`` are dotted keys applied before validation, e.g. ``{"budget.run_usd": 2}``.
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+    return _resolve_paths(cfg, path.resolve().parent)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path} must hold a mapping (corpus:, task:, …), got {type(data).__name__}"
+        )
+    return data
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    corpus = cfg.corpus.model_copy(update={"path": (base / cfg.corpus.path).resolve()})
+    output = cfg.output.model_copy(update={"root": (base / cfg.output.root).resolve()})
+    return cfg.model_copy(update={"corpus": corpus, "output": output})
+
+
+def format_validation_error(path: Path, exc: ValidationError) -> str:
+    """One line per problem: where (``providers[1].region``), what was given, what was expected."""
+    lines = [f"{path} is not a valid docroute config ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        where = _loc(err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_fields_at(err["loc"][:-1]))
+            lines.append(f"  {where}: unknown field; expected one of: {allowed}")
+        elif err["type"] == "missing":
+            lines.append(f"  {where}: required field is missing")
+        else:
+            given = _short(err.get("input"))
+            lines.append(f"  {where}: {err['msg']} (got {given})")
+    return "\n".join(lines)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names (by alias) of the config model at ``loc``, for 'expected one of' hints."""
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+        if model is None:
+            return []
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
