@@ -1,0 +1,330 @@
+"""Sending chunks to endpoints: one terminal ``Result`` per chunk, one ``LedgerEntry`` per attempt.
+
+    dispatcher = Dispatcher(run_id=..., router=..., budget=..., providers=..., task=...)
+    outcome = await dispatcher.run_batch(chunks)        # BatchOutcome(results, ledger)
+
+For each chunk, candidates come cheapest first from the router (never outside the
+chunk's regions). At each candidate the worst case is reserved from the budget before
+the call and settled with the reported usage after it. Then:
+
+- the answer validates        → ``succeeded``
+- invalid answer              → repair prompt (``repair_attempts`` times), then next candidate
+- transient (429, 5xx, …)     → backoff (``retry-after`` wins) and retry, then next candidate
+- terminal (auth, 400, …)     → next candidate (auth also disables the provider)
+- reservation impossible      → ``skipped`` (no call made) or ``failed``: ``budget_exhausted``
+- no allowed candidate        → ``failed``: ``no_route``, without any call
+
+A chunk's failure is data, never an exception that ends the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from pipeline import errors
+from pipeline.models import BatchOutcome, Chunk, LedgerEntry, Outcome, Result, Usage
+from pipeline.policy import BudgetGuard, Endpoint, Router, output_cap
+from pipeline.providers import ChatRequest, Provider
+from pipeline.secrets import scrub
+from pipeline.validation import (
+    first_messages,
+    prompt_token_bound,
+    prompt_token_estimate,
+    repair_messages,
+    validate_reply,
+)
+from schemas import SchemaSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    instructions: str
+    max_output_tokens: int
+    temperature: float | None = 0.0
+    max_attempts: int = 6
+    repair_attempts: int = 1
+    retries_per_endpoint: int = 2
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    concurrency: int = 32
+
+
+class _Next(Enum):
+    DONE = "done"  # the chunk has its result
+    NEXT = "next"  # try the next candidate
+    STOP = "stop"  # no further candidate can help (budget)
+
+
+@dataclass(slots=True)
+class _Job:
+    """One chunk's way through the candidates."""
+
+    chunk: Chunk
+    attempts: int = 0
+    ledger: list[LedgerEntry] = field(default_factory=list)
+    last_outcome: Outcome | None = None
+    last_error: str | None = None
+    output: str | None = None
+    endpoint: Endpoint | None = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        router: Router,
+        budget: BudgetGuard,
+        providers: Mapping[str, Provider],
+        schema: SchemaSpec,
+        settings: DispatchSettings,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.run_id = run_id
+        self.router = router
+        self.budget = budget
+        self.providers = providers
+        self.schema = schema
+        self.settings = settings
+        self._json_schema = schema.json_schema()
+        self._sleep = sleep
+        self._rng = random.Random()
+
+    async def run_batch(
+        self, chunks: Sequence[Chunk], on_result: Callable[[Result], None] | None = None
+    ) -> BatchOutcome:
+        """Dispatch ``chunks`` with at most ``settings.concurrency`` calls in flight."""
+        gate = asyncio.Semaphore(self.settings.concurrency)
+        outcome = BatchOutcome()
+
+        async def one(chunk: Chunk) -> None:
+            async with gate:
+                result, ledger = await self.process(chunk)
+            outcome.results.append(result)
+            outcome.ledger.extend(ledger)
+            if on_result is not None:
+                on_result(result)
+
+        await asyncio.gather(*(one(c) for c in chunks))
+        return outcome
+
+    async def process(self, chunk: Chunk) -> tuple[Result, list[LedgerEntry]]:
+        """The one result of ``chunk`` and the ledger entries of its attempts."""
+        job = _Job(chunk)
+        try:
+            await self._route(job)
+        except Exception as exc:  # a bug must not take the batch down with it
+            log.exception("chunk %s failed unexpectedly", chunk.chunk_id)
+            job.output, job.last_outcome, job.last_error = None, None, f"internal error: {exc!r}"
+            return self._result(job, "failed", "internal_error"), job.ledger
+        return self._finish(job), job.ledger
+
+    async def _route(self, job: _Job) -> None:
+        messages = first_messages(self.settings.instructions, job.chunk.text)
+        estimate = prompt_token_estimate(messages, job.chunk.token_estimate)
+        candidates = self.router.candidates(
+            job.chunk, prompt_tokens=estimate, max_output_tokens=self.settings.max_output_tokens
+        )
+        if not candidates:
+            self._record_refusal(job, "no_route", self._no_route_reason(job.chunk))
+            return
+        for endpoint in candidates:
+            step = await self._use_endpoint(job, endpoint, messages)
+            if step is not _Next.NEXT or job.attempts >= self.settings.max_attempts:
+                return
+
+    def _no_route_reason(self, chunk: Chunk) -> str:
+        if not chunk.regions:
+            return f"residency rule {chunk.residency_rule!r} allows no region"
+        regions = ", ".join(chunk.regions)
+        return f"no endpoint in region(s) {regions} is available and fits the chunk"
+
+    async def _use_endpoint(
+        self, job: _Job, endpoint: Endpoint, messages: list[dict[str, str]]
+    ) -> _Next:
+        repairs = transient = 0
+        while job.attempts < self.settings.max_attempts:
+            if self.router.is_disabled(endpoint.provider):
+                return _Next.NEXT
+            try:
+                output = await self._attempt(job, endpoint, messages)
+            except _BudgetExhausted:
+                return _Next.STOP
+            except errors.InvalidOutput as exc:
+                if repairs >= self.settings.repair_attempts:
+                    return _Next.NEXT
+                repairs += 1
+                messages = repair_messages(messages, exc)
+                continue
+            except errors.TransientError as exc:
+                transient += 1
+                if transient > self.settings.retries_per_endpoint:
+                    return _Next.NEXT
+                await self._sleep(self._backoff(transient, exc.retry_after))
+                continue
+            except errors.TerminalError as exc:
+                if isinstance(exc, errors.AuthError) and self.router.disable(endpoint.provider):
+                    log.warning("disabling %s for this run: %s", endpoint.provider, exc.message)
+                return _Next.NEXT
+            job.output, job.endpoint = output, endpoint
+            return _Next.DONE
+        return _Next.NEXT
+
+    async def _attempt(self, job: _Job, endpoint: Endpoint, messages: list[dict[str, str]]) -> str:
+        """One reserved, ledgered call; returns the validated JSON or raises its error."""
+        max_out = output_cap(endpoint, self.settings.max_output_tokens)
+        reserve = endpoint.price.worst_case_usd(prompt_token_bound(messages), max_out)
+        hold = await self.budget.reserve(reserve)
+        if hold is None:
+            self._record_refusal(
+                job,
+                "budget_exhausted",
+                f"the run budget cannot cover {reserve:.6f} USD for {endpoint.key}",
+            )
+            raise _BudgetExhausted
+        job.attempts += 1
+        started = time.time()
+        usage, cost = Usage(), 0.0
+        try:
+            reply = await self.providers[endpoint.provider].complete(
+                ChatRequest(
+                    model=endpoint.model,
+                    messages=messages,
+                    schema_name=self.schema.name,
+                    json_schema=self._json_schema,
+                    max_output_tokens=max_out,
+                    temperature=self.settings.temperature,
+                )
+            )
+            usage = reply.usage
+            cost = endpoint.price.cost_usd(usage)
+            output = validate_reply(reply, self.schema)
+        except errors.ProviderError as exc:
+            usage = exc.usage
+            cost = endpoint.price.cost_usd(usage)
+            self._ledger(job, endpoint, started, usage, cost, reserve, exc.outcome, exc)
+            raise
+        finally:
+            self.budget.settle(hold, cost)
+        self._ledger(
+            job,
+            endpoint,
+            started,
+            usage,
+            cost,
+            reserve,
+            "ok",
+            None,
+            reply.request_id,
+            reply.model_reported,
+        )
+        return output
+
+    def _backoff(self, retry: int, retry_after: float | None) -> float:
+        s = self.settings
+        delay = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (retry - 1))
+        delay *= 0.5 + self._rng.random() / 2  # jitter: spread the retries of many chunks
+        return max(delay, retry_after or 0.0)
+
+    def _ledger(
+        self,
+        job: _Job,
+        endpoint: Endpoint,
+        started: float,
+        usage: Usage,
+        cost: float,
+        reserved: float,
+        outcome: Outcome,
+        exc: errors.ProviderError | None,
+        request_id: str | None = None,
+        model_reported: str | None = None,
+    ) -> None:
+        job.last_outcome = outcome
+        job.last_error = scrub(exc.message) if exc is not None else None
+        job.ledger.append(
+            LedgerEntry(
+                run_id=self.run_id,
+                chunk_id=job.chunk.chunk_id,
+                attempt=job.attempts,
+                provider=endpoint.provider,
+                model=endpoint.model,
+                region=endpoint.region,
+                mode="sync",
+                started_at=started,
+                latency_ms=(time.time() - started) * 1000,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cached_input_tokens=usage.cached_input_tokens,
+                cost_usd=cost,
+                reserved_usd=reserved,
+                outcome=outcome,
+                http_status=exc.http_status if exc is not None else 200,
+                error=job.last_error,
+                request_id=request_id or (exc.request_id if exc is not None else None),
+                model_reported=model_reported,
+            )
+        )
+
+    def _record_refusal(self, job: _Job, outcome: Outcome, why: str) -> None:
+        """A decision not to call (no route, no budget): a zero-cost ledger row says why."""
+        job.last_outcome, job.last_error = outcome, why
+        job.ledger.append(
+            LedgerEntry(
+                run_id=self.run_id,
+                chunk_id=job.chunk.chunk_id,
+                attempt=0,  # not an attempt: a decision not to call
+                provider=None,
+                model=None,
+                region=None,
+                mode="sync",
+                started_at=time.time(),
+                latency_ms=0.0,
+                input_tokens=0,
+                output_tokens=0,
+                cached_input_tokens=0,
+                cost_usd=0.0,
+                reserved_usd=0.0,
+                outcome=outcome,
+                http_status=None,
+                error=why,
+            )
+        )
+
+    def _finish(self, job: _Job) -> Result:
+        if job.output is not None:
+            return self._result(job, "succeeded", None)
+        if job.last_outcome == "budget_exhausted" and job.attempts == 0:
+            return self._result(job, "skipped", "budget_exhausted")
+        return self._result(job, "failed", job.last_outcome or "attempts_exhausted")
+
+    def _result(self, job: _Job, status: str, reason: str | None) -> Result:
+        ep = job.endpoint
+        return Result(
+            run_id=self.run_id,
+            chunk_id=job.chunk.chunk_id,
+            doc_id=job.chunk.doc_id,
+            path=job.chunk.path,
+            status=status,  # type: ignore[arg-type]
+            reason=reason,
+            output=job.output,
+            provider=ep.provider if ep else None,
+            model=ep.model if ep else None,
+            region=ep.region if ep else None,
+            attempts=job.attempts,
+            cost_usd=sum(e.cost_usd for e in job.ledger),
+            finished_at=time.time(),
+            schema_name=self.schema.name,
+            error=job.last_error if job.output is None else None,
+        )
+
+
+class _BudgetExhausted(Exception):
+    """Internal signal: the budget cannot cover the next call."""
