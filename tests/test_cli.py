@@ -1,0 +1,159 @@
+"""The docroute command as a user runs it: exit codes and messages, read-only SQL, run listing."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from pipeline.models import LedgerEntry
+from pipeline.store import RunRecord, Store
+from tests.conftest import sample_config_data, write_config
+
+
+def _ledger(run_id: str, provider: str, cost: float) -> LedgerEntry:
+    return LedgerEntry(
+        run_id,
+        "c1",
+        1,
+        provider,
+        "m",
+        "eu",
+        "sync",
+        time.time(),
+        12.0,
+        100,
+        20,
+        0,
+        cost,
+        cost * 2,
+        "ok",
+        200,
+        None,
+    )
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    store = Store(tmp_path / "out")
+    store.write_rows(
+        "ledger", "r1", [_ledger("r1", "openai-eu", 0.25), _ledger("r1", "llama-eu", 0.5)]
+    )
+    now = time.time()
+    store.write_run(
+        RunRecord(
+            run_id="r1",
+            parent_run_id=None,
+            flow="nightly_batch",
+            status="completed_with_failures",
+            started_at=now,
+            finished_at=now,
+            updated_at=now,
+            config_hash="x",
+            corpus="c",
+            schema_name="chunk_summary",
+            budget_usd=1.0,
+            spend_usd=0.75,
+            documents=3,
+            document_errors=0,
+            chunks=5,
+            succeeded=4,
+            failed=1,
+            skipped=0,
+            message=None,
+        )
+    )
+    store.refresh_catalog()
+    return tmp_path / "out"
+
+
+def test_sql_answers_in_each_format(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    q = "SELECT provider, sum(cost_usd) AS usd FROM ledger GROUP BY 1 ORDER BY 1"
+    assert main(["sql", q, "--root", str(root), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"provider": "llama-eu", "usd": 0.5},
+        {"provider": "openai-eu", "usd": 0.25},
+    ]
+    assert main(["sql", q, "--root", str(root), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "provider,usd",
+        "llama-eu,0.5",
+        "openai-eu,0.25",
+    ]
+    assert main(["sql", q, "--root", str(root)]) == 0
+    table = capsys.readouterr().out
+    assert "llama-eu" in table and "(2 rows)" in table
+
+
+@pytest.mark.parametrize(
+    "statement, expected",
+    [
+        ("COPY ledger TO '/tmp/docroute-leak.csv'", "COPY statements are refused"),
+        ("INSERT INTO ledger SELECT * FROM ledger", "INSERT statements are refused"),
+        ("SELECT * FROM read_csv('/etc/passwd')", "can only read"),
+        ("ATTACH '/tmp/other.duckdb'", "refused"),
+        ("SELECT 1; SELECT 2", "one statement"),
+    ],
+)
+def test_sql_is_read_only(
+    root: Path, capsys: pytest.CaptureFixture[str], statement: str, expected: str
+) -> None:
+    assert main(["sql", statement, "--root", str(root)]) == 2
+    assert expected in capsys.readouterr().err
+    assert not Path("/tmp/docroute-leak.csv").exists()
+
+
+def test_runs_lists_status_counts_and_spend(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["runs", "--root", str(root), "--format", "json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)
+    assert (run["run_id"], run["status"], run["succeeded"], run["failed"]) == (
+        "r1",
+        "completed_with_failures",
+        4,
+        1,
+    )
+    assert run["spend_usd"] == 0.75
+
+
+def test_no_data_yet_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sql", "SELECT 1", "--root", str(tmp_path / "none")]) == 2
+    assert "no docroute data under" in capsys.readouterr().err
+
+
+def test_bad_config_stops_the_run_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = sample_config_data()
+    data["routing"]["batch_sise"] = 10
+    config = write_config(tmp_path, data)
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "routing.batch_sise: unknown field" in err and "batch_size" in err
+    assert not (tmp_path / "out").exists(), "nothing may be written for a bad config"
+
+
+def test_missing_config_names_the_way_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["run"]) == 2
+    assert "pass --config FILE" in capsys.readouterr().err
+
+
+def test_rerun_of_an_unknown_run_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, sample_config_data())
+    assert main(["rerun", "20990101-000000-abcdef", "--config", str(config)]) == 2
+    assert "run '20990101-000000-abcdef' not found" in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob("runs/*/*.parquet"))
+
+
+def test_bad_budget_argument(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--budget", "ten"])
+    assert info.value.code == 2
+    assert "expected an amount in USD like 2.50, got 'ten'" in capsys.readouterr().err
