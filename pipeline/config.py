@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.simulator.profiles import EndpointProfile
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 Region = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
@@ -119,21 +120,19 @@ class RoutingConfig(_Model):
     """Calls in flight at once within a batch."""
     batch_size: int = Field(default=250, ge=1, le=100_000)
     """Chunks per Prefect task (one task per batch, never one per chunk)."""
+    cooldown_after_failures: int = Field(default=5, ge=1)
+    """Consecutive failed attempts after which an endpoint is cooled down."""
+    cooldown_s: float = Field(default=30.0, ge=0)
+    """How long a cooled-down endpoint gets no traffic (others in the chunk's regions do)."""
 
 
-class SimulatorConfig(_Model):
-    latency_ms: tuple[float, float] = (5.0, 40.0)
-    """Uniform range of the simulated answer latency."""
-    rate_429: float = Field(default=0.0, ge=0, le=1)
-    """Share of requests answered 429 (with ``retry-after``)."""
-    rate_500: float = Field(default=0.0, ge=0, le=1)
-    """Share of requests answered 500."""
-    invalid_rate: float = Field(default=0.0, ge=0, le=1)
-    """Share of answers that are JSON but do not fit the schema."""
-    retry_after_s: float = Field(default=1.0, ge=0)
-    """``retry-after`` sent with simulated 429s."""
-    seed: int = 0
-    """Seed of the simulator's fault draws (runs are reproducible)."""
+class RateLimitConfig(_Model):
+    rpm: int | None = Field(default=None, ge=1)
+    """Requests per minute the endpoint allows (your account's tier)."""
+    tpm: int | None = Field(default=None, ge=1)
+    """Tokens per minute the endpoint allows (prompt + max output, as providers count)."""
+    max_concurrency: int | None = Field(default=None, ge=1)
+    """Calls in flight at this endpoint at once, across batches."""
 
 
 class ModelConfig(_Model):
@@ -151,13 +150,18 @@ class ModelConfig(_Model):
     """Largest answer the model can give; defaults to the table."""
     structured_output: bool = True
     """Whether the endpoint enforces a JSON schema on answers."""
+    structured_mode: Literal["json_schema", "tool"] = "json_schema"
+    """How the schema is asked for: the vendor's JSON-schema output, or a forced tool call
+    (Anthropic models without structured outputs)."""
 
 
 class ProviderConfig(_Model):
     name: Name
     """Unique endpoint name, as it appears in the ledger."""
-    kind: Literal["openai", "openai_compatible"]
+    kind: Literal["openai", "anthropic", "mistral", "openai_compatible"]
     """Wire protocol / adapter (see ``pipeline/providers``)."""
+    preset: Literal["gemini", "groq", "together", "xai", "vllm", "ollama"] | None = None
+    """For ``openai_compatible``: a known service (its base URL and quirks)."""
     region: Region
     """Where this endpoint processes data (``eu``, ``us``, ``on-prem``, …)."""
     base_url: str | None = None
@@ -166,8 +170,21 @@ class ProviderConfig(_Model):
     """Environment variable holding the API key; ``null`` for keyless endpoints."""
     simulate: Literal["auto", "always", "never"] = "auto"
     """``auto``: use the built-in simulator when the key variable is unset."""
-    simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
-    """How the simulator behaves when it stands in for this endpoint."""
+    simulator: EndpointProfile = Field(default_factory=EndpointProfile)
+    """How the simulator behaves when it stands in for this endpoint (latency, faults)."""
+    rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    """The endpoint's quota; dispatch stays under it."""
+
+    @model_validator(mode="after")
+    def _preset_fits_kind(self) -> ProviderConfig:
+        if self.preset is not None and self.kind != "openai_compatible":
+            raise ValueError(
+                f"preset {self.preset!r} needs kind openai_compatible, not {self.kind!r}"
+            )
+        if self.kind == "openai_compatible" and self.preset is None and not self.base_url:
+            raise ValueError("kind openai_compatible needs a base_url or a preset")
+        return self
+
     models: list[ModelConfig] = Field(min_length=1)
     """Models offered by this endpoint."""
 

@@ -202,6 +202,7 @@ class Dispatcher:
                     json_schema=self._json_schema,
                     max_output_tokens=max_out,
                     temperature=self.settings.temperature,
+                    structured_mode=endpoint.structured_mode,
                 )
             )
             usage = reply.usage
@@ -263,6 +264,7 @@ class Dispatcher:
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
                 cached_input_tokens=usage.cached_input_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
                 cost_usd=cost,
                 reserved_usd=reserved,
                 outcome=outcome,
@@ -290,6 +292,7 @@ class Dispatcher:
                 input_tokens=0,
                 output_tokens=0,
                 cached_input_tokens=0,
+                cache_write_tokens=0,
                 cost_usd=0.0,
                 reserved_usd=0.0,
                 outcome=outcome,

@@ -56,15 +56,8 @@ def wants_simulator(p: ProviderConfig, force: bool) -> bool:
 
 
 def profile_of(p: ProviderConfig) -> EndpointProfile:
-    s = p.simulator
-    return EndpointProfile(
-        latency_ms=s.latency_ms,
-        rate_429=s.rate_429,
-        rate_500=s.rate_500,
-        invalid_rate=s.invalid_rate,
-        retry_after_s=s.retry_after_s,
-        seed=s.seed,
-    )
+    """The simulator profile standing in for ``p``."""
+    return p.simulator
 
 
 @asynccontextmanager

@@ -24,9 +24,12 @@ Every ProviderError carries what the ledger records: ``provider``, ``model``,
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pipeline.models import Outcome, Usage
+
+if TYPE_CHECKING:
+    from pipeline.providers.base import RateLimitInfo
 
 InvalidKind = Literal["unparseable", "truncated", "schema_invalid", "refusal", "empty"]
 
@@ -63,6 +66,7 @@ class ProviderError(DocrouteError):
         retry_after: float | None = None,
         usage: Usage | None = None,
         request_id: str | None = None,
+        limits: RateLimitInfo | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -72,6 +76,7 @@ class ProviderError(DocrouteError):
         self.retry_after = retry_after
         self.usage = usage or Usage()
         self.request_id = request_id
+        self.limits = limits
 
 
 class TransientError(ProviderError):

@@ -89,12 +89,15 @@ class Chunk:
 class Usage:
     """Token counts exactly as the provider reported them.
 
-    ``input_tokens`` includes ``cached_input_tokens`` (OpenAI's convention).
+    ``input_tokens`` is the whole prompt: it includes ``cached_input_tokens`` (read from a
+    prompt cache) and ``cache_write_tokens`` (written to one, which Anthropic bills higher).
+    Adapters normalise their vendor's fields to this convention.
     """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ class LedgerEntry:
     input_tokens: int
     output_tokens: int
     cached_input_tokens: int
+    cache_write_tokens: int
     cost_usd: float
     reserved_usd: float
     outcome: Outcome

@@ -29,13 +29,18 @@ class Price:
     context_window: int
     max_output_tokens: int
     priced_at: str
+    cache_write_per_mtok: float | None = None  # None: billed as fresh input
 
     def cost_usd(self, usage: Usage) -> float:
         """What an attempt cost, from the usage the provider reported."""
-        fresh = max(usage.input_tokens - usage.cached_input_tokens, 0)
+        fresh = max(usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens, 0)
+        write_price = self.cache_write_per_mtok
+        if write_price is None:
+            write_price = self.input_per_mtok
         return (
             fresh * self.input_per_mtok
             + usage.cached_input_tokens * self.cached_input_per_mtok
+            + usage.cache_write_tokens * write_price
             + usage.output_tokens * self.output_per_mtok
         ) / 1_000_000
 
@@ -57,5 +62,8 @@ def load_price_table() -> dict[str, Price]:
             context_window=int(row["context_window"]),
             max_output_tokens=int(row["max_output_tokens"]),
             priced_at=row["priced_at"],
+            cache_write_per_mtok=float(row["cache_write_per_mtok"])
+            if row["cache_write_per_mtok"]
+            else None,
         )
     return table

@@ -95,6 +95,7 @@ def ledger(i: int = 0, run_id: str = "r1") -> LedgerEntry:
         input_tokens=100,
         output_tokens=20,
         cached_input_tokens=0,
+        cache_write_tokens=0,
         cost_usd=0.001,
         reserved_usd=0.002,
         outcome="rate_limited",
@@ -336,7 +337,7 @@ from pathlib import Path
 from pipeline.store import Store
 from pipeline.models import LedgerEntry
 store = Store(Path(sys.argv[1]))
-rows = [LedgerEntry("r1", f"c{i}", 1, "p", "m", "eu", "sync", 0.0, 1.0, 1, 1, 0, 0.0, 0.0,
+rows = [LedgerEntry("r1", f"c{i}", 1, "p", "m", "eu", "sync", 0.0, 1.0, 1, 1, 0, 0, 0.0, 0.0,
                     "ok", 200, "x" * 200) for i in range(20_000)]
 print("ready", flush=True)
 while True:

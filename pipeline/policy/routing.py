@@ -37,6 +37,7 @@ class Endpoint:
     price: Price
     structured_output: bool
     order: int  # position in the config, the tie-breaker
+    structured_mode: str = "json_schema"
 
     @property
     def key(self) -> str:
@@ -59,6 +60,7 @@ def endpoints_from_config(cfg: Config) -> list[Endpoint]:
                     price=price,
                     structured_output=m.structured_output,
                     order=len(out),
+                    structured_mode=m.structured_mode,
                 )
             )
     return out

@@ -20,6 +20,21 @@ from pipeline.models import Usage
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    """What a provider said about its quota, normalised from its own headers.
+
+    ``None`` means the provider did not say. Reset times are seconds from now.
+    """
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ChatRequest:
     model: str
     messages: list[dict[str, str]]
@@ -27,6 +42,7 @@ class ChatRequest:
     json_schema: dict[str, Any]
     max_output_tokens: int
     temperature: float | None = None
+    structured_mode: str = "json_schema"  # or "tool": a forced tool call carries the answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +53,7 @@ class ProviderReply:
     refusal: str | None = None
     request_id: str | None = None
     model_reported: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    limits: RateLimitInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +65,9 @@ class EndpointSettings:
     api_key: SecretStr | None
     timeout_s: float
     strict_validation: bool = False  # reject responses that do not match the SDK's types
+    options: dict[str, Any] = field(
+        default_factory=dict
+    )  # per-kind settings, e.g. structured_output mode
 
 
 class Provider(Protocol):

@@ -20,6 +20,7 @@ from openai import AsyncOpenAI
 from pipeline import errors
 from pipeline.models import Usage
 from pipeline.providers.base import ChatRequest, EndpointSettings, ProviderReply
+from pipeline.providers.headers import openai_limits, retry_after
 from pipeline.secrets import scrub
 
 # vLLM and Ollama ignore the key but the SDK insists on one.
@@ -61,7 +62,7 @@ class OpenAIProvider:
             usage=_usage(completion.usage),
             request_id=raw.headers.get("x-request-id") or completion.id,
             model_reported=completion.model,
-            headers=dict(raw.headers),
+            limits=openai_limits(raw.headers),
         )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
@@ -90,6 +91,7 @@ class OpenAIProvider:
             "model": model,
             "http_status": status,
             "request_id": headers.get("x-request-id"),
+            "limits": openai_limits(headers),
         }
         message = scrub(str(exc.message)) or type(exc).__name__
         return _map_error(exc, status, headers, message, kw)
@@ -131,18 +133,6 @@ def _headers(exc: openai.APIError) -> Mapping[str, str]:
 def _error_code(exc: openai.APIError) -> str | None:
     code = getattr(exc, "code", None)
     return code if isinstance(code, str) else None
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds) headers."""
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value:
-            try:
-                return max(float(value) / scale, 0.0)
-            except ValueError:
-                continue
-    return None
 
 
 def _usage(usage: Any) -> Usage:

@@ -111,6 +111,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("input_tokens", _INT),
         ("output_tokens", _INT),
         ("cached_input_tokens", _INT),
+        ("cache_write_tokens", _INT),
         ("cost_usd", _FLOAT),
         ("reserved_usd", _FLOAT),
         ("outcome", _STR),
