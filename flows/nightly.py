@@ -20,7 +20,7 @@ from prefect.utilities.annotations import quote
 
 from pipeline.config import load_config
 from pipeline.errors import StageError
-from pipeline.run import Batch, Run, new_run_id, require_run
+from pipeline.run import Batch, Run, drive, new_run_id, require_run
 from pipeline.secrets import install_log_scrubber
 from pipeline.store import Store
 
@@ -52,9 +52,12 @@ async def _tick(run: Run, logger: Any) -> None:
 async def _drive(run: Run, batches: Iterable[Batch]) -> dict[str, Any]:
     logger = get_run_logger()
     started = time.monotonic()
-    for batch in batches:
+
+    async def one(batch: Batch) -> object:
         # quote: Prefect must not walk a batch's chunks looking for futures
-        await process_batch(quote(run), quote(batch))  # type: ignore[call-overload]
+        return await process_batch(quote(run), quote(batch))  # type: ignore[call-overload]
+
+    await drive(batches, one, run.cfg.routing.parallel_batches)
     summary = run.summary()
     summary["seconds"] = round(time.monotonic() - started, 2)
     await acreate_markdown_artifact(

@@ -120,6 +120,8 @@ class RoutingConfig(_Model):
     """Calls in flight at once within a batch."""
     batch_size: int = Field(default=250, ge=1, le=100_000)
     """Chunks per Prefect task (one task per batch, never one per chunk)."""
+    parallel_batches: int = Field(default=2, ge=1, le=16)
+    """Batch tasks in flight at once (overlap hides each batch's slowest chunks)."""
     cooldown_after_failures: int = Field(default=5, ge=1)
     """Consecutive failed attempts after which an endpoint is cooled down."""
     cooldown_s: float = Field(default=30.0, ge=0)

@@ -29,7 +29,7 @@ from enum import Enum
 
 from pipeline import errors
 from pipeline.models import BatchOutcome, Chunk, LedgerEntry, Outcome, Result, Usage
-from pipeline.policy import BudgetGuard, Endpoint, Router, output_cap
+from pipeline.policy import BudgetGuard, Endpoint, EndpointGate, Router, output_cap
 from pipeline.providers import ChatRequest, Provider
 from pipeline.secrets import scrub
 from pipeline.validation import (
@@ -55,6 +55,8 @@ class DispatchSettings:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     concurrency: int = 32
+    cooldown_after: int = 5
+    cooldown_s: float = 30.0
 
 
 class _Next(Enum):
@@ -86,6 +88,7 @@ class Dispatcher:
         providers: Mapping[str, Provider],
         schema: SchemaSpec,
         settings: DispatchSettings,
+        gates: Mapping[str, EndpointGate] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.run_id = run_id
@@ -97,6 +100,16 @@ class Dispatcher:
         self._json_schema = schema.json_schema()
         self._sleep = sleep
         self._rng = random.Random()
+        self.gates: dict[str, EndpointGate] = dict(gates or {})
+
+    def gate(self, provider: str) -> EndpointGate:
+        """The quota and cooldown gate of ``provider`` (unlimited unless configured)."""
+        found = self.gates.get(provider)
+        if found is None:
+            s = self.settings
+            found = EndpointGate(cooldown_after=s.cooldown_after, cooldown_s=s.cooldown_s)
+            self.gates[provider] = found
+        return found
 
     async def run_batch(
         self, chunks: Sequence[Chunk], on_result: Callable[[Result], None] | None = None
@@ -136,6 +149,13 @@ class Dispatcher:
         if not candidates:
             self._record_refusal(job, "no_route", self._no_route_reason(job.chunk))
             return
+        resting = [e for e in candidates if self.gate(e.provider).cooling()]
+        candidates = [e for e in candidates if e not in resting]
+        if not candidates:
+            names = ", ".join(sorted({e.provider for e in resting}))
+            why = f"every allowed endpoint is cooling down after repeated failures ({names})"
+            self._record_refusal(job, "no_route", why)
+            return
         for endpoint in candidates:
             step = await self._use_endpoint(job, endpoint, messages)
             if step is not _Next.NEXT or job.attempts >= self.settings.max_attempts:
@@ -152,7 +172,7 @@ class Dispatcher:
     ) -> _Next:
         repairs = transient = 0
         while job.attempts < self.settings.max_attempts:
-            if self.router.is_disabled(endpoint.provider):
+            if self.router.is_disabled(endpoint.provider) or self.gate(endpoint.provider).cooling():
                 return _Next.NEXT
             try:
                 output = await self._attempt(job, endpoint, messages)
@@ -179,8 +199,21 @@ class Dispatcher:
         return _Next.NEXT
 
     async def _attempt(self, job: _Job, endpoint: Endpoint, messages: list[dict[str, str]]) -> str:
-        """One reserved, ledgered call; returns the validated JSON or raises its error."""
+        """One admitted, reserved, ledgered call; returns the validated JSON or raises."""
         max_out = output_cap(endpoint, self.settings.max_output_tokens)
+        gate = self.gate(endpoint.provider)
+        # Quota first, money second: no reservation is held while queuing for quota.
+        async with gate.slot(prompt_token_estimate(messages, job.chunk.token_estimate) + max_out):
+            return await self._call(job, endpoint, messages, max_out, gate)
+
+    async def _call(
+        self,
+        job: _Job,
+        endpoint: Endpoint,
+        messages: list[dict[str, str]],
+        max_out: int,
+        gate: EndpointGate,
+    ) -> str:
         reserve = endpoint.price.worst_case_usd(prompt_token_bound(messages), max_out)
         hold = await self.budget.reserve(reserve)
         if hold is None:
@@ -205,10 +238,15 @@ class Dispatcher:
                     structured_mode=endpoint.structured_mode,
                 )
             )
+            gate.observe(reply.limits)
+            gate.record_success()
             usage = reply.usage
             cost = endpoint.price.cost_usd(usage)
             output = validate_reply(reply, self.schema)
         except errors.ProviderError as exc:
+            gate.observe(exc.limits)
+            if isinstance(exc, errors.TransientError):
+                gate.record_failure(exc.retry_after)
             usage = exc.usage
             cost = endpoint.price.cost_usd(usage)
             self._ledger(job, endpoint, started, usage, cost, reserve, exc.outcome, exc)

@@ -13,10 +13,11 @@ results, ledger), so a batch is either wholly stored or absent.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,12 +29,44 @@ from pipeline.endpoints import Connections, connect
 from pipeline.errors import ConfigError
 from pipeline.ingest import DocumentError, discover, extract_text
 from pipeline.models import BatchOutcome, Chunk, Document, DocumentStatus
-from pipeline.policy import BudgetGuard, Residency, Router, endpoints_from_config
+from pipeline.policy import BudgetGuard, EndpointGate, Residency, Router, endpoints_from_config
 from pipeline.progress import Progress
 from pipeline.store import CatalogLockedError, DocumentRow, RunRecord, RunStatus, Store
 from schemas import get_schema
 
 log = logging.getLogger(__name__)
+
+
+async def drive(
+    batches: Iterable[Batch], process: Callable[[Batch], Awaitable[object]], parallel: int
+) -> None:
+    """Run ``process`` over ``batches`` with up to ``parallel`` in flight.
+
+    Overlapping batches keeps the endpoints busy while a batch's slowest chunks finish.
+    Batches are pulled from the (streaming) iterator only when there is room. If one
+    fails, no new batch starts, the others in flight finish (their parts are committed),
+    and the first error is raised.
+    """
+    pending: set[asyncio.Future[object]] = set()
+    failure: BaseException | None = None
+    try:
+        for batch in batches:
+            while len(pending) >= parallel and failure is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                failure = next((t.exception() for t in done if t.exception()), None)
+            if failure is not None:
+                break
+            pending.add(asyncio.ensure_future(process(batch)))
+        if pending:
+            done, pending = await asyncio.wait(pending)
+            failure = failure or next((t.exception() for t in done if t.exception()), None)
+    except asyncio.CancelledError:
+        for task in pending:  # nobody may be left running once drive() is gone
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        raise
+    if failure is not None:
+        raise failure
 
 
 def require_run(store: Store, run_id: str) -> None:
@@ -85,6 +118,7 @@ class Run:
             providers=conn.providers,
             schema=self.schema,
             settings=_dispatch_settings(cfg, self.schema.instructions),
+            gates=gates_from_config(cfg),
         )
 
     @classmethod
@@ -312,7 +346,24 @@ def _dispatch_settings(cfg: Config, default_instructions: str) -> DispatchSettin
         backoff_initial_s=r.backoff_initial_s,
         backoff_max_s=r.backoff_max_s,
         concurrency=r.concurrency,
+        cooldown_after=r.cooldown_after_failures,
+        cooldown_s=r.cooldown_s,
     )
+
+
+def gates_from_config(cfg: Config) -> dict[str, EndpointGate]:
+    """One quota/cooldown gate per provider, shared by all batches of the run."""
+    r = cfg.routing
+    return {
+        p.name: EndpointGate(
+            rpm=p.rate_limits.rpm,
+            tpm=p.rate_limits.tpm,
+            max_concurrency=p.rate_limits.max_concurrency,
+            cooldown_after=r.cooldown_after_failures,
+            cooldown_s=r.cooldown_s,
+        )
+        for p in cfg.providers
+    }
 
 
 def _chunk_row(run_id: str, chunk: Chunk) -> dict[str, Any]:
@@ -324,4 +375,4 @@ def _chunk_row(run_id: str, chunk: Chunk) -> dict[str, Any]:
     return row
 
 
-__all__ = ["Batch", "Run", "new_run_id"]
+__all__ = ["Batch", "Run", "drive", "new_run_id", "require_run"]
