@@ -7,6 +7,7 @@ from the SDK's own types fails the test that received it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import doctest
 import hashlib
 import importlib
@@ -255,6 +256,153 @@ def test_invalid_first_then_valid(sim):
     assert [r.fault for r in sim.requests("shaky")] == ["invalid", "none"]
 
 
+def test_overloaded_is_503_internal_server_error(sim):
+    with pytest.raises(openai.InternalServerError) as info:
+        extract(client(sim, "busy", EndpointProfile(rate_503=1.0)))
+    assert info.value.status_code == 503
+    assert sim.requests("busy")[0].fault == "overloaded"
+
+
+def test_timeout_surfaces_as_api_timeout_error(sim):
+    c = client(sim, "hang", EndpointProfile(rate_timeout=1.0, hang_s=5), timeout=0.5)
+    started = time.perf_counter()
+    with pytest.raises(openai.APITimeoutError):
+        extract(c)
+
+    assert time.perf_counter() - started < 2
+    assert [(r.status, r.fault) for r in sim.requests("hang")] == [(0, "timeout")]
+
+
+def test_a_client_that_outlasts_the_hang_gets_the_answer(sim):
+    c = client(sim, "slow", EndpointProfile(script=["timeout"], hang_s=0.2), timeout=5)
+    started = time.perf_counter()
+    reply = extract(c)
+
+    assert time.perf_counter() - started >= 0.2
+    Extraction.model_validate_json(reply.choices[0].message.content)
+    (record,) = sim.requests("slow")
+    assert (record.status, record.fault) == (200, "timeout") and record.completion_tokens > 0
+
+
+def test_dropped_connection_is_a_connection_error_not_a_timeout(sim):
+    c = client(sim, "drop", EndpointProfile(rate_drop=1.0))
+    with pytest.raises(openai.APIConnectionError) as info:
+        extract(c)
+
+    assert not isinstance(info.value, openai.APITimeoutError)
+    assert [(r.status, r.fault) for r in sim.requests("drop")] == [(0, "dropped")]
+    assert sim.stats()["drop"]["by_status"] == {"0": 1}
+
+
+def test_truncated_rate_cuts_the_json_mid_way(sim):
+    reply = extract(client(sim, "cut", EndpointProfile(rate_truncated=1.0)))
+
+    assert reply.choices[0].finish_reason == "length"
+    with pytest.raises(ValueError):
+        json.loads(reply.choices[0].message.content)
+    assert sim.requests("cut")[0].fault == "truncated"
+
+
+def test_refusal_sets_message_refusal_and_no_content(sim):
+    c = client(sim, "prude", EndpointProfile(rate_refusal=1.0))
+    reply = extract(c)
+    message = reply.choices[0].message
+    assert message.content is None and "can't help" in (message.refusal or "")
+    assert reply.choices[0].finish_reason == "stop"
+    parsed = c.chat.completions.parse(model=MODEL, messages=user(), response_format=Extraction)
+    assert parsed.choices[0].message.parsed is None and parsed.choices[0].message.refusal
+
+
+def test_script_is_followed_then_the_draws_apply(sim):
+    script = ["rate_limited", "none", "auth", "bad_request", "invalid", "server_error"]
+    c = client(sim, "scripted", EndpointProfile(script=script, rate_503=1.0))
+    outcomes = []
+    for _ in range(len(script) + 2):
+        try:
+            content = extract(c).choices[0].message.content
+            outcomes.append("valid" if _fits(content) else "invalid")
+        except openai.APIStatusError as exc:
+            outcomes.append(exc.status_code)
+
+    assert outcomes == [429, "valid", 401, 400, "invalid", 500, 503, 503]
+    assert [r.fault for r in sim.requests("scripted")] == [*script, "overloaded", "overloaded"]
+
+
+def _fits(content: str | None) -> bool:
+    try:
+        Extraction.model_validate_json(content or "")
+    except ValidationError:
+        return False
+    return True
+
+
+def test_fault_rates_must_sum_to_at_most_one():
+    with pytest.raises(ValidationError):
+        EndpointProfile(rate_429=0.5, rate_drop=0.3, rate_refusal=0.3)
+    with pytest.raises(ValidationError):
+        EndpointProfile(script=["no_such_fault"])
+    assert EndpointProfile(rate_429=0.5, rate_drop=0.5).rate_drop == 0.5
+
+
+# -- gemini (OpenAI-compatible, Google error bodies) ---------------------------------------
+
+
+def gemini(sim: SimulatorServer, name: str, profile: EndpointProfile | None = None, **kw: Any):
+    profile = (profile or EndpointProfile()).model_copy(update={"protocol": "gemini"})
+    return client(sim, name, profile, **kw)
+
+
+def test_gemini_answers_validate_strictly(sim):
+    reply = extract(gemini(sim, "gemini-ok"))
+    Extraction.model_validate_json(reply.choices[0].message.content)
+    assert reply.usage.total_tokens > 0 and reply.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    ("fault", "exc_type", "status", "rpc_status"),
+    [
+        ("rate_limited", openai.RateLimitError, 429, "RESOURCE_EXHAUSTED"),
+        ("server_error", openai.InternalServerError, 500, "INTERNAL"),
+        ("overloaded", openai.InternalServerError, 503, "UNAVAILABLE"),
+        ("auth", openai.AuthenticationError, 401, "UNAUTHENTICATED"),
+        ("bad_request", openai.BadRequestError, 400, "INVALID_ARGUMENT"),
+    ],
+)
+def test_gemini_array_error_bodies_still_map_by_status(sim, fault, exc_type, status, rpc_status):
+    with pytest.raises(exc_type) as info:
+        extract(gemini(sim, f"gemini-{fault}", EndpointProfile(script=[fault])))
+
+    assert info.value.status_code == status
+    (entry,) = info.value.body
+    assert entry["error"]["code"] == status and entry["error"]["status"] == rpc_status
+
+
+def test_gemini_refusal_is_plain_text(sim):
+    reply = extract(gemini(sim, "gemini-prude", EndpointProfile(rate_refusal=1.0)))
+    content = reply.choices[0].message.content
+    assert "can't help" in content and reply.choices[0].message.refusal is None
+    with pytest.raises(ValueError):
+        json.loads(content)
+
+
+def test_gemini_truncated_and_invalid_answers(sim):
+    cut = extract(gemini(sim, "gemini-cut", EndpointProfile(rate_truncated=1.0)))
+    assert cut.choices[0].finish_reason == "length"
+    with pytest.raises(ValueError):
+        json.loads(cut.choices[0].message.content)
+    liar = extract(gemini(sim, "gemini-liar", EndpointProfile(script=["invalid"])))
+    assert not _fits(liar.choices[0].message.content)
+    json.loads(liar.choices[0].message.content)
+
+
+def test_gemini_timeout_and_drop(sim):
+    slow = gemini(sim, "gemini-hang", EndpointProfile(script=["timeout"], hang_s=5), timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        extract(slow)
+    with pytest.raises(openai.APIConnectionError):
+        extract(gemini(sim, "gemini-drop", EndpointProfile(script=["dropped"])))
+
+
 @pytest.mark.parametrize("param", ["max_completion_tokens", "max_tokens"])
 def test_small_max_tokens_truncates_with_finish_reason_length(sim, param):
     c = client(sim, f"short-{param}")
@@ -356,6 +504,33 @@ def test_reset_clears_records_and_counters_but_keeps_profiles():
         assert local.tokens_served()[1] > 0
 
 
+def test_stats_are_running_totals_that_follow_amends_and_resets():
+    from pipeline.simulator import Fault, RequestRecord
+    from pipeline.simulator.state import SimulatorState
+
+    state = SimulatorState()
+
+    def record(status: int, fault: Fault, completion: int = 0) -> RequestRecord:
+        return RequestRecord("e", "m", 0.0, status, fault, 10, completion, "", False)
+
+    for _ in range(1000):
+        state.record(record(200, "none", 5))
+    ticket = state.record(record(0, "timeout"))
+    assert state.stats()["e"]["by_status"] == {"200": 1000, "0": 1}
+    state.amend(ticket, record(200, "timeout", 7))
+    assert state.stats()["e"] == {
+        "requests": 1001,
+        "by_fault": {"none": 1000, "timeout": 1},
+        "by_status": {"200": 1001},
+        "prompt_tokens": 10010,
+        "completion_tokens": 5007,
+    }
+    assert state.tokens_served("e") == (10010, 5007) and state.tokens_served("x") == (0, 0)
+    state.reset()
+    state.amend(ticket, record(500, "server_error"))  # a ticket from before the reset: ignored
+    assert state.stats() == {} and state.records() == []
+
+
 # -- control surface and server ------------------------------------------------------------
 
 
@@ -372,6 +547,37 @@ def test_put_endpoint_registers_a_profile_over_http(sim):
     assert status == 200 and [r["status"] for r in records] == [500]
     status, health = http("GET", f"{sim.url}/_sim/health")
     assert health["status"] == "ok" and "remote" in health["endpoints"]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "suffix"),
+    [("openai", "/v1"), ("gemini", "/v1"), ("anthropic", ""), ("mistral", "")],
+)
+def test_base_url_rule_per_protocol(sim, protocol, suffix):
+    name = f"rule-{protocol}"
+    status, body = http("PUT", f"{sim.url}/_sim/endpoints/{name}", {"protocol": protocol})
+    assert status == 200 and body["base_url"] == f"{sim.url}/{name}{suffix}"
+    assert sim.base_url(name) == body["base_url"]
+    assert sim.add_endpoint(name, EndpointProfile(protocol=protocol)) == body["base_url"]
+
+
+def test_stats_counts_by_fault_and_status_and_sums_tokens(sim):
+    c = client(sim, "counted", EndpointProfile(script=["rate_limited", "none", "server_error"]))
+    replies = []
+    for _ in range(4):
+        with contextlib.suppress(openai.APIStatusError):
+            replies.append(extract(c))
+    status, stats = http("GET", f"{sim.url}/_sim/stats")
+
+    counted = stats["endpoints"]["counted"]
+    assert status == 200 and counted == sim.stats()["counted"]
+    assert counted["requests"] == 4
+    assert counted["by_fault"] == {"rate_limited": 1, "none": 2, "server_error": 1}
+    assert counted["by_status"] == {"429": 1, "200": 2, "500": 1}
+    assert (counted["prompt_tokens"], counted["completion_tokens"]) == (
+        sum(r.usage.prompt_tokens for r in replies),
+        sum(r.usage.completion_tokens for r in replies),
+    )
 
 
 def test_server_binds_loopback_only(sim):
@@ -485,7 +691,23 @@ def test_generator_covers_json_schema_features():
 
 
 @pytest.mark.parametrize(
-    "module", ["profiles", "tokens", "hints", "fillers", "schema_gen", "state", "wire", "app"]
+    "module",
+    [
+        "profiles",
+        "tokens",
+        "hints",
+        "fillers",
+        "schema_gen",
+        "state",
+        "wire",
+        "wire_openai",
+        "wire_gemini",
+        "wire_anthropic",
+        "wire_mistral",
+        "protocols",
+        "answers",
+        "app",
+    ],
 )
 def test_docstring_examples_hold(module):
     result = doctest.testmod(importlib.import_module(f"pipeline.simulator.{module}"))

@@ -1,4 +1,5 @@
-"""Loopback servers that speak the OpenAI chat-completions protocol, with fault injection.
+"""Loopback servers speaking the OpenAI, Anthropic, Mistral and Gemini (OpenAI-compatible)
+chat protocols, with fault injection and rate-limit windows.
 
 The default "provider" when no API key is set, and the peer of every integration test::
 
@@ -7,27 +8,40 @@ The default "provider" when no API key is set, and the peer of every integration
     with SimulatorServer() as sim:
         base_url = sim.add_endpoint("eu-openai", EndpointProfile(rate_429=0.1, seed=7))
         client = openai.OpenAI(base_url=base_url, api_key="sk-sim", max_retries=0)
+        claude = sim.add_endpoint("eu-claude", EndpointProfile(protocol="anthropic", rpm=50))
+        anthropic.Anthropic(base_url=claude, api_key="sk-sim", max_retries=0)
         ...
         sim.requests("eu-openai")      # what it saw: status, fault, tokens, prompt hash
         sim.tokens_served()            # (prompt, completion) totals of 200 answers
+        sim.stats()                    # per endpoint: counts by fault and status, tokens
 
-Answers are built deterministically from the first user message and fit the requested
-``response_format`` JSON schema; usage follows ``tokens.py`` (four characters a token).
+``SimulatorProcess`` runs the same server in a child process (``python -m
+pipeline.simulator``). Answers are built deterministically from the first user message and
+fit the requested JSON schema; usage follows ``tokens.py`` (four characters a token) for
+every protocol.
 
-Modules: ``server`` (thread, socket), ``app`` (routes, fault decisions), ``wire`` (OpenAI
-bodies), ``schema_gen`` + ``fillers`` + ``hints`` (answers), ``state``, ``profiles``,
+Modules: ``server`` (thread, socket), ``process`` (child process), ``app`` (routes, fault
+decisions), ``protocols`` (the table of wires) over ``wire`` (their interface) and
+``wire_openai`` / ``wire_gemini`` / ``wire_anthropic`` / ``wire_mistral``, ``answers`` over
+``schema_gen`` + ``fillers`` + ``hints`` (what the model says), ``state``, ``profiles``,
 ``tokens``.
 """
 
-from .profiles import EndpointProfile, Fault, RequestRecord
+from .process import SimulatorProcess
+from .profiles import NO_RESPONSE, EndpointProfile, Fault, ProtocolName, RequestRecord
+from .protocols import base_url
 from .server import SimulatorServer, serve_forever
 from .tokens import chars_for_tokens, completion_tokens, prompt_tokens
 
 __all__ = [
+    "NO_RESPONSE",
     "EndpointProfile",
     "Fault",
+    "ProtocolName",
     "RequestRecord",
+    "SimulatorProcess",
     "SimulatorServer",
+    "base_url",
     "chars_for_tokens",
     "completion_tokens",
     "prompt_tokens",

@@ -2,19 +2,25 @@
 
 Routes::
 
-    POST /{endpoint}/v1/chat/completions   the OpenAI chat-completions protocol
+    POST /{endpoint}/v1/chat/completions   openai, gemini and mistral endpoints
+    POST /{endpoint}/v1/messages           anthropic endpoints
     PUT  /_sim/endpoints/{name}            register or replace a profile (JSON body)
     GET  /_sim/requests[?endpoint=name]    the request log, as JSON
+    GET  /_sim/stats                       per endpoint: counts by fault and status, tokens
+    POST /_sim/reset                       forget the log and counters, keep the profiles
     GET  /_sim/health                      {"status": "ok", "endpoints": [...]}
 
-One chat request, in order: unknown endpoint → 404; wrong key → 401; malformed body → 400
-(none of these draws or sleeps); then a ``random.Random`` seeded with
-``(profile.seed, endpoint, sha256(body), n-th time this body came)`` draws the latency
-(slept with ``asyncio.sleep``) and the fault: 500 for the first ``fail_first`` requests,
-else 429 with share ``rate_429``, 500 with share ``rate_500``, else 200. A 200 answer is
-schema-invalid for the first ``invalid_first`` answers or with share ``invalid_rate``,
-and cut with ``finish_reason: "length"`` when it exceeds the request's max tokens.
-A retried identical body has a new draw, so it can succeed, and the run stays reproducible.
+One chat request, in order, whatever its protocol (the endpoint's ``wire`` reads and writes
+the bodies): unknown endpoint or a route of another protocol → 404; wrong key → 401;
+malformed body → 400; over the ``rpm`` / ``tpm`` window → 429 with ``retry-after`` (none of
+these draws or sleeps). Then a ``random.Random`` seeded with ``(profile.seed, endpoint,
+sha256(body), n-th time this body came)`` draws the latency (slept with ``asyncio.sleep``)
+and the fault: ``script[n]`` for the n-th admitted request, else 500 for the first
+``fail_first``, else one draw split by the ``rate_*`` shares (429, 500, overloaded, timeout,
+dropped, truncated, refusal), else a normal answer. A normal answer is schema-invalid for
+the first ``invalid_first`` answers or with share ``invalid_rate``, and cut with finish
+reason "length" when it exceeds the request's max tokens. A retried identical body has a
+new draw, so it can succeed, and the run stays reproducible.
 
     >>> app = build_app(SimulatorState())
 """
@@ -22,14 +28,13 @@ A retried identical body has a new draw, so it can succeed, and the run stays re
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import hmac
 import json
+import os
 import random
 import time
-import uuid
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -38,36 +43,80 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import tokens, wire
-from .hints import hints_for
-from .profiles import EndpointProfile, Fault, RequestRecord, check_endpoint_name
+from .answers import answer_for
+from .profiles import NO_RESPONSE, EndpointProfile, Fault, RequestRecord, check_endpoint_name
+from .protocols import WIRES, base_url
 from .schema_gen import SchemaError
-from .state import SimulatorState
+from .state import Admission, SimulatorState
+from .wire import (
+    BadRequest,
+    ChatCall,
+    ErrorKind,
+    Problem,
+    Wire,
+    digest_of,
+    mask_key,
+    partial_call_fields,
+)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+    Awaitable[None],
+]
+
+#: The drawn faults, in the order their shares split the draw (429 and 500 first, as before).
+_DRAWN: tuple[tuple[str, Fault], ...] = (
+    ("rate_429", "rate_limited"),
+    ("rate_500", "server_error"),
+    ("rate_503", "overloaded"),
+    ("rate_timeout", "timeout"),
+    ("rate_drop", "dropped"),
+    ("rate_truncated", "truncated"),
+    ("rate_refusal", "refusal"),
+)
+#: Faults answered with an error body, and the kind of error each is.
+_ERROR_FAULTS: dict[Fault, ErrorKind] = {
+    "rate_limited": "rate_limited",
+    "server_error": "server_error",
+    "overloaded": "overloaded",
+    "auth": "auth",
+    "bad_request": "bad_request",
+}
+#: The fault an error answer is logged as.
+_FAULT_OF: dict[ErrorKind, Fault] = {kind: fault for fault, kind in _ERROR_FAULTS.items()} | {
+    "not_found": "bad_request"
+}
+#: The wire that answers a route's 404 when the endpoint is unknown.
+_ROUTE_WIRES: dict[str, Wire] = {
+    "/v1/chat/completions": WIRES["openai"],
+    "/v1/messages": WIRES["anthropic"],
+}
 
 
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    """What to send and what to log."""
+class DropConnection(BaseException):
+    """Raised by the handler to close the TCP connection without any HTTP response.
 
-    status: int
-    body: dict[str, Any]
-    fault: Fault
-    headers: dict[str, str] | None = None
-    completion_tokens: int = 0
-    request_id: str | None = None
+    A ``BaseException`` so Starlette's error handlers (which catch ``Exception``) do not
+    turn it into a 500; ``_ConnectionDropper`` catches it outside them.
+    """
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """Compact UTF-8 JSON with ``content-type: application/json``, as the API sends."""
+    """Compact UTF-8 JSON with ``content-type: application/json``, as the APIs send."""
     content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     return Response(content, status, headers, media_type="application/json")
 
 
-def build_app(state: SimulatorState) -> Starlette:
-    """The Starlette app serving ``state``'s endpoints."""
+def build_app(state: SimulatorState) -> ASGIApp:
+    """The ASGI app serving ``state``'s endpoints."""
 
-    async def chat(request: Request) -> Response:
-        return await _chat(state, request)
+    def chat_route(path: str) -> Route:
+        async def chat(request: Request) -> Response:
+            return await _chat(state, request, path)
+
+        return Route("/{endpoint}" + path, chat, methods=["POST"])
 
     async def put_endpoint(request: Request) -> Response:
         return await _put_endpoint(state, request)
@@ -76,25 +125,63 @@ def build_app(state: SimulatorState) -> Starlette:
         endpoint = request.query_params.get("endpoint")
         return json_response([r.to_dict() for r in state.records(endpoint)])
 
+    async def stats(request: Request) -> Response:
+        return json_response({"endpoints": state.stats()})
+
+    async def reset(request: Request) -> Response:
+        state.reset()
+        return json_response({"status": "reset"})
+
     async def health(request: Request) -> Response:
         return json_response({"status": "ok", "endpoints": state.endpoint_names()})
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
-        return json_response(wire.not_found_body(request.method, request.url.path), status)
+        return _error_response(WIRES["openai"], _not_found(request), status_override=status)
 
     async def crash(request: Request, exc: Exception) -> Response:
         # A simulator bug still answers in the API's shape; uvicorn logs the traceback.
-        return json_response(wire.server_error_body(), 500)
+        return _error_response(WIRES["openai"], Problem("server_error"))
 
     routes = [
-        Route("/{endpoint}/v1/chat/completions", chat, methods=["POST"]),
+        *(chat_route(path) for path in _ROUTE_WIRES),
         Route("/_sim/endpoints/{name}", put_endpoint, methods=["PUT"]),
         Route("/_sim/requests", list_requests, methods=["GET"]),
+        Route("/_sim/stats", stats, methods=["GET"]),
+        Route("/_sim/reset", reset, methods=["POST"]),
         Route("/_sim/health", health, methods=["GET"]),
     ]
     handlers = {HTTPException: http_error, Exception: crash}
-    return Starlette(routes=routes, exception_handlers=handlers)
+    return _ConnectionDropper(Starlette(routes=routes, exception_handlers=handlers))
+
+
+class _ConnectionDropper:
+    """The outermost ASGI layer: turns ``DropConnection`` into a closed socket.
+
+    uvicorn answers 500 to an app that fails before it starts a response, so the socket is
+    closed here, through the transport of uvicorn's request cycle (the owner of ``send``),
+    before uvicorn sees anything; then it waits for uvicorn to notice the disconnect, after
+    which uvicorn sends nothing and logs nothing.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except DropConnection:
+            transport = getattr(getattr(send, "__self__", None), "transport", None)
+            if transport is None:  # not uvicorn's cycle: let the server treat it as a crash
+                raise
+            transport.close()
+            while (await receive())["type"] != "http.disconnect":
+                pass
 
 
 async def _put_endpoint(state: SimulatorState, request: Request) -> Response:
@@ -104,145 +191,248 @@ async def _put_endpoint(state: SimulatorState, request: Request) -> Response:
         raw = await request.body()
         profile = EndpointProfile.model_validate_json(raw or b"{}")
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        return json_response(wire.error_body(str(exc), "invalid_request_error"), 400)
+        return _error_response(WIRES["openai"], BadRequest(str(exc)).problem())
     state.set_profile(name, profile)
-    base_url = f"{str(request.base_url).rstrip('/')}/{name}/v1"
+    url = base_url(str(request.base_url), name, profile.protocol)
     shown = profile.model_dump(exclude={"api_key"}) | {"api_key_set": profile.api_key is not None}
-    return json_response({"name": name, "base_url": base_url, "profile": shown})
+    return json_response({"name": name, "base_url": url, "profile": shown})
 
 
-async def _chat(state: SimulatorState, request: Request) -> Response:
-    started, received_at = time.perf_counter(), time.time()
+# -- one chat request ----------------------------------------------------------------------
+
+
+async def _chat(state: SimulatorState, request: Request, path: str) -> Response:
+    received_at = time.time()
     name = request.path_params["endpoint"]
     profile = state.profile(name)
-    if profile is None:
-        body = wire.error_body(
-            f"Unknown simulator endpoint {name!r} ({request.method} {request.url.path})",
-            "invalid_request_error",
-        )
-        return json_response(body, 404)
+    wire = WIRES[profile.protocol] if profile is not None else _ROUTE_WIRES[path]
+    if profile is None or wire.path != path:
+        return _error_response(wire, _not_found(request))
     raw = await request.body()
+    call: ChatCall | None = None
+    problem: Problem | None = None
     try:
-        call: wire.ChatCall | None = wire.parse_chat_request(raw)
-        refusal = None
-    except wire.BadRequest as exc:
-        call, refusal = None, _Reply(400, exc.body(), "bad_request")
+        call = wire.parse(raw)
+    except BadRequest as exc:
+        problem = exc.problem()
     if profile.api_key is not None:  # the API checks the key before it reads the body
-        refusal = _check_key(profile, request.headers.get("authorization")) or refusal
-    if refusal is not None or call is None:
-        reply = refusal or _Reply(500, wire.server_error_body(), "server_error")
-    else:
-        reply = await _answer(state, name, profile, call, hashlib.sha256(raw).hexdigest())
-    state.record(_record(name, raw, call, reply, received_at))
-    elapsed_ms = round((time.perf_counter() - started) * 1000)
-    request_id = reply.request_id or f"req_{uuid.uuid4().hex}"
-    headers = {"x-request-id": request_id, "openai-processing-ms": str(elapsed_ms)}
-    return json_response(reply.body, reply.status, {**headers, **(reply.headers or {})})
+        problem = _check_key(wire, profile, request) or problem
+    exchange = _Exchange(state, name, profile, wire, raw, received_at)
+    if problem is not None or call is None:
+        admission = state.admit(name, 0, consume=False)
+        return exchange.error(call, problem or Problem("server_error"), admission)
+    return await exchange.serve(call, request)
 
 
-def _check_key(profile: EndpointProfile, authorization: str | None) -> _Reply | None:
-    """A 401 reply unless ``Authorization`` carries the profile's key."""
-    presented = authorization or ""
-    if presented[:7].lower() == "bearer ":
-        presented = presented[7:].strip()
-    expected = profile.api_key or ""
-    if hmac.compare_digest(presented.encode(), expected.encode()):
-        return None
-    body = wire.auth_error_body(presented, echo_key=profile.echo_key_in_errors)
-    return _Reply(401, body, "auth")
+class _Exchange:
+    """One admitted-or-refused chat request: what it needs to answer and to be logged."""
+
+    __slots__ = ("name", "profile", "raw", "received_at", "state", "wire")
+
+    def __init__(
+        self,
+        state: SimulatorState,
+        name: str,
+        profile: EndpointProfile,
+        wire: Wire,
+        raw: bytes,
+        received_at: float,
+    ) -> None:
+        self.state, self.name, self.profile, self.wire = state, name, profile, wire
+        self.raw, self.received_at = raw, received_at
+
+    async def serve(self, call: ChatCall, request: Request) -> Response:
+        admission = self.state.admit(self.name, call.cost)
+        if admission.retry_after_s is not None:
+            return self.error(call, _quota_problem(call, admission), admission)
+        body_sha256 = hashlib.sha256(self.raw).hexdigest()
+        arrival = self.state.arrive(self.name, body_sha256)
+        draw_key = f"{self.profile.seed}|{self.name}|{body_sha256}|{arrival.nth_body}"
+        rng = random.Random(draw_key)
+        latency_ms, fault_draw, invalid_draw = (
+            rng.uniform(*self.profile.latency_ms),
+            rng.random(),
+            rng.random(),
+        )
+        if latency_ms > 0:
+            await asyncio.sleep(latency_ms / 1000)
+        fault = choose_fault(self.profile, arrival.nth_request, fault_draw)
+        digest = digest_of(draw_key)
+        if fault in _ERROR_FAULTS:
+            return self.error(call, self._fault_problem(fault, call, request), admission, digest)
+        if fault == "dropped":
+            self._log(call, NO_RESPONSE, fault)
+            raise DropConnection
+        if fault == "timeout":
+            return await self._hang(call, request, admission, digest, invalid_draw, rng)
+        invalid = fault == "invalid" or self._invalid_by_profile(call, fault, invalid_draw)
+        return self.answer(call, fault, invalid, admission, digest, rng)
+
+    def answer(
+        self,
+        call: ChatCall,
+        fault: Fault,
+        invalid: bool,
+        admission: Admission,
+        digest: str,
+        rng: random.Random,
+        ticket: tuple[int, int] | None = None,
+    ) -> Response:
+        try:
+            answer = answer_for(call, fault, invalid, rng)
+        except SchemaError as exc:
+            problem = BadRequest(f"Invalid schema: {exc}", "response_format").problem(call.model)
+            return self.error(call, problem, admission, digest)
+        if fault == "none" and answer.finish == "length":
+            fault = "truncated"
+        elif fault == "none" and invalid:
+            fault = "invalid"
+        self._log(call, 200, fault, answer.completion_tokens, ticket)
+        headers = self.wire.headers(digest, admission.quota, None)
+        return json_response(self.wire.success(call, answer, digest), 200, headers)
+
+    def error(
+        self,
+        call: ChatCall | None,
+        problem: Problem,
+        admission: Admission,
+        digest: str | None = None,
+    ) -> Response:
+        status, body = self.wire.error(problem)
+        retry_after = problem.retry_after_s if problem.kind == "rate_limited" else None
+        headers = self.wire.headers(digest or os.urandom(32).hex(), admission.quota, retry_after)
+        self._log(call, status, _FAULT_OF[problem.kind])
+        return json_response(body, status, headers)
+
+    async def _hang(
+        self,
+        call: ChatCall,
+        request: Request,
+        admission: Admission,
+        digest: str,
+        invalid_draw: float,
+        rng: random.Random,
+    ) -> Response:
+        """Hold the request ``hang_s`` (less if the client leaves), then answer after all."""
+        ticket = self._log(call, NO_RESPONSE, "timeout")
+        if await _client_leaves_within(request, self.profile.hang_s):
+            return Response(status_code=204)  # nobody is listening; uvicorn discards it
+        invalid = self._invalid_by_profile(call, "timeout", invalid_draw)
+        return self.answer(call, "timeout", invalid, admission, digest, rng, ticket)
+
+    def _invalid_by_profile(self, call: ChatCall, fault: Fault, draw: float) -> bool:
+        if call.schema is None or fault == "refusal":
+            return False
+        nth_answer = self.state.next_answer(self.name)
+        return nth_answer < self.profile.invalid_first or draw < self.profile.invalid_rate
+
+    def _fault_problem(self, fault: Fault, call: ChatCall, request: Request) -> Problem:
+        if fault == "rate_limited":
+            return Problem(
+                "rate_limited", model=call.model, retry_after_s=self.profile.retry_after_s
+            )
+        if fault == "auth":
+            presented = self.wire.presented_key(request.headers)
+            return Problem("auth", shown_key=mask_key(presented) if presented else None)
+        if fault == "bad_request":
+            return Problem("bad_request", "The simulator was scripted to refuse this request.")
+        return Problem(_ERROR_FAULTS[fault])
+
+    def _log(
+        self,
+        call: ChatCall | None,
+        status: int,
+        fault: Fault,
+        completion: int = 0,
+        ticket: tuple[int, int] | None = None,
+    ) -> tuple[int, int]:
+        """Log the request (or, with a ``ticket``, replace what was logged for it)."""
+        if call is not None:
+            model, text = call.model, call.first_user_text
+        else:
+            model, text = partial_call_fields(self.raw)
+        record = RequestRecord(
+            endpoint=self.name,
+            model=model,
+            received_at=self.received_at,
+            status=status,
+            fault=fault,
+            prompt_tokens=call.prompt_tokens if call else 0,
+            completion_tokens=completion,
+            prompt_sha256=hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
+            is_repair=call.is_repair if call else False,
+        )
+        if ticket is not None:
+            self.state.amend(ticket, record)
+            return ticket
+        return self.state.record(record)
 
 
-async def _answer(
-    state: SimulatorState,
-    name: str,
-    profile: EndpointProfile,
-    call: wire.ChatCall,
-    body_sha256: str,
-) -> _Reply:
-    arrival = state.arrive(name, body_sha256)
-    draw_key = f"{profile.seed}|{name}|{body_sha256}|{arrival.nth_body}"
-    completion_id, request_id = wire.request_ids(draw_key)
-    rng = random.Random(draw_key)
-    latency_ms, fault_draw, invalid_draw = (
-        rng.uniform(*profile.latency_ms),
-        rng.random(),
-        rng.random(),
-    )
-    if latency_ms > 0:
-        await asyncio.sleep(latency_ms / 1000)
-    if arrival.nth_request < profile.fail_first or (
-        profile.rate_429 <= fault_draw < profile.rate_429 + profile.rate_500
-    ):
-        return _Reply(500, wire.server_error_body(), "server_error", request_id=request_id)
-    if fault_draw < profile.rate_429:
-        body = wire.rate_limit_body(call.model, profile.retry_after_s)
-        headers = wire.retry_after_headers(profile.retry_after_s)
-        return _Reply(429, body, "rate_limited", headers, request_id=request_id)
-    nth_answer = state.next_answer(name)
-    invalid = call.schema is not None and (
-        nth_answer < profile.invalid_first or invalid_draw < profile.invalid_rate
-    )
-    reply = _completion(call, completion_id, invalid, rng)
-    return dataclasses.replace(reply, request_id=request_id)
+def choose_fault(profile: EndpointProfile, nth_request: int, draw: float) -> Fault:
+    """The fault of the ``nth_request``-th admitted request, given its uniform ``draw``.
 
-
-def _completion(
-    call: wire.ChatCall, completion_id: str, invalid: bool, rng: random.Random
-) -> _Reply:
-    try:
-        content = answer_text(call, invalid, rng)
-    except SchemaError as exc:
-        body = wire.BadRequest(
-            f"Invalid schema for response_format: {exc}", "response_format"
-        ).body()
-        return _Reply(400, body, "bad_request")
-    finish_reason = "stop"
-    if call.max_tokens is not None and tokens.completion_tokens(content) > call.max_tokens:
-        content, finish_reason = content[: tokens.chars_for_tokens(call.max_tokens)], "length"
-    used = tokens.completion_tokens(content)
-    body = wire.completion_body(
-        call, completion_id, content, finish_reason, (call.prompt_tokens, used)
-    )
-    fault: Fault = "truncated" if finish_reason == "length" else "invalid" if invalid else "none"
-    return _Reply(200, body, fault, completion_tokens=used)
-
-
-def answer_text(call: wire.ChatCall, invalid: bool, rng: random.Random) -> str:
-    """The assistant's content: JSON fitting (or, if ``invalid``, breaking) the schema; or prose."""
-    text = call.first_user_text
-    if call.schema is not None:
-        value = call.schema.invalid_instance(text, rng) if invalid else call.schema.instance(text)
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    if call.json_mode:
-        return json.dumps({"summary": plain_answer(text)}, ensure_ascii=False)
-    return plain_answer(text)
-
-
-def plain_answer(text: str, sentences: int = 3) -> str:
-    """The first ``sentences`` sentences of ``text``: the simulator's prose answer.
-
-    >>> plain_answer("One. Two! Three? Four.", 2)
-    'One. Two!'
+    >>> p = EndpointProfile(script=["dropped", "none"], fail_first=3, rate_503=0.5)
+    >>> [choose_fault(p, n, 0.25) for n in range(4)], choose_fault(p, 4, 0.75)
+    (['dropped', 'none', 'server_error', 'overloaded'], 'none')
     """
-    found = hints_for(text).sentences
-    return " ".join(found[:sentences]) if found else "No text was provided."
+    if nth_request < len(profile.script):
+        return profile.script[nth_request]
+    if nth_request < profile.fail_first:
+        return "server_error"
+    for field, fault in _DRAWN:
+        share: float = getattr(profile, field)
+        if draw < share:
+            return fault
+        draw -= share
+    return "none"
 
 
-def _record(
-    name: str, raw: bytes, call: wire.ChatCall | None, reply: _Reply, received_at: float
-) -> RequestRecord:
-    if call is not None:
-        model, text = call.model, call.first_user_text
+def _check_key(wire: Wire, profile: EndpointProfile, request: Request) -> Problem | None:
+    """An ``auth`` problem unless the request carries the profile's key."""
+    presented = wire.presented_key(request.headers)
+    if hmac.compare_digest(presented.encode(), (profile.api_key or "").encode()):
+        return None
+    if not presented:
+        return Problem("auth")
+    echo = profile.echo_key_in_errors
+    return Problem("auth", shown_key=presented if echo else mask_key(presented), key_echoed=echo)
+
+
+def _not_found(request: Request) -> Problem:
+    return Problem("not_found", f"Invalid URL ({request.method} {request.url.path})")
+
+
+def _quota_problem(call: ChatCall, admission: Admission) -> Problem:
+    quota, exceeded = admission.quota, admission.exceeded
+    assert quota is not None and admission.retry_after_s is not None
+    if exceeded == "tokens":
+        limit, remaining, requested = quota.limit_tokens, quota.remaining_tokens, call.cost
     else:
-        model, text = wire.partial_call_fields(raw)
-    return RequestRecord(
-        endpoint=name,
-        model=model,
-        received_at=received_at,
-        status=reply.status,
-        fault=reply.fault,
-        prompt_tokens=call.prompt_tokens if call else 0,
-        completion_tokens=reply.completion_tokens,
-        prompt_sha256=hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
-        is_repair=call.is_repair if call else False,
+        limit, remaining, requested = quota.limit_requests, quota.remaining_requests, 1
+    used = None if limit is None or remaining is None else limit - remaining
+    return Problem(
+        "rate_limited",
+        model=call.model,
+        exceeded=exceeded,
+        limit=limit,
+        used=used,
+        requested=requested,
+        retry_after_s=admission.retry_after_s,
     )
+
+
+def _error_response(wire: Wire, problem: Problem, status_override: int | None = None) -> Response:
+    status, body = wire.error(problem)
+    headers = wire.headers(os.urandom(32).hex(), None, None)
+    return json_response(body, status_override or status, headers)
+
+
+async def _client_leaves_within(request: Request, seconds: float) -> bool:
+    """Whether the client disconnects within ``seconds`` (its body was already read)."""
+    try:
+        async with asyncio.timeout(seconds):
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+    except TimeoutError:
+        return False
+    return True

@@ -7,9 +7,12 @@ A profile is data, set per endpoint when it is added, or over HTTP with
     0.1
     >>> EndpointProfile.model_validate({"fail_first": 2, "latency_ms": [1, 2]}).latency_ms
     (1.0, 2.0)
+    >>> EndpointProfile(protocol="anthropic", script=["overloaded", "none"]).script
+    ['overloaded', 'none']
 
 Fault rates are shares of requests, drawn from a seeded generator (see ``app.py``), so a run
-is reproducible; ``fail_first`` / ``invalid_first`` script exact sequences for tests.
+is reproducible; ``script``, ``fail_first`` and ``invalid_first`` give exact sequences for
+tests; ``rpm`` / ``tpm`` are sliding-window quotas, answered with the vendor's 429.
 """
 
 from __future__ import annotations
@@ -20,13 +23,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-#: Every value of ``RequestRecord.fault``. ``bad_request`` (400) is an addition to the
-#: six the pipeline reads; it marks requests the simulator refused to answer.
+#: Which vendor's wire an endpoint speaks. "gemini" is the OpenAI-compatible protocol with
+#: Gemini's error bodies (a JSON array of ``{"error": {"code", "message", "status"}}``).
+ProtocolName = Literal["openai", "anthropic", "mistral", "gemini"]
+
+#: Every value of ``RequestRecord.fault`` (and of ``EndpointProfile.script``).
 Fault = Literal[
-    "none", "rate_limited", "server_error", "invalid", "truncated", "auth", "bad_request"
-]
+    "none", "rate_limited", "server_error", "overloaded", "timeout", "dropped", "truncated",
+    "invalid", "refusal", "auth", "bad_request",
+]  # fmt: skip
+
+#: ``RequestRecord.status`` of a request that got no HTTP response: dropped, or still held
+#: when the client gave up (a ``timeout``).
+NO_RESPONSE = 0
 
 _ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_RATE_FIELDS = (
+    "rate_429", "rate_500", "rate_503", "rate_timeout", "rate_drop", "rate_truncated",
+    "rate_refusal",
+)  # fmt: skip
 
 
 def check_endpoint_name(name: str) -> str:
@@ -43,29 +58,83 @@ def check_endpoint_name(name: str) -> str:
     return name
 
 
+def _share(description: str) -> Any:
+    return Field(default=0.0, ge=0, le=1, description=description)
+
+
 class EndpointProfile(BaseModel):
-    """Latency, fault rates and auth of one simulated endpoint. Immutable; unknown keys fail."""
+    """Protocol, latency, faults, quotas and auth of one simulated endpoint.
+
+    Immutable; unknown keys fail.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    protocol: ProtocolName = Field(
+        default="openai",
+        description="The wire protocol: openai, anthropic, mistral, or gemini (OpenAI-compatible "
+        "with Gemini's JSON-array error bodies).",
+    )
     latency_ms: tuple[float, float] = Field(
         default=(0.0, 0.0),
         description="Uniform range of added latency per request, in milliseconds.",
     )
-    rate_429: float = Field(default=0.0, ge=0, le=1, description="Share of requests answered 429.")
-    rate_500: float = Field(default=0.0, ge=0, le=1, description="Share of requests answered 500.")
-    invalid_rate: float = Field(
-        default=0.0, ge=0, le=1, description="Share of 200 answers that parse but break the schema."
+    rate_429: float = _share("Share of requests answered 429 (rate limited).")
+    rate_500: float = _share("Share of requests answered 500 (server error).")
+    rate_503: float = _share(
+        "Share of requests answered 'overloaded': 503, or 529 overloaded_error for anthropic."
     )
-    retry_after_s: float = Field(default=1.0, ge=0, description="Value of `retry-after` on 429s.")
-    fail_first: int = Field(default=0, ge=0, description="The first N requests get 500.")
+    rate_timeout: float = _share(
+        "Share of requests held `hang_s` seconds before the answer, so the client times out."
+    )
+    rate_drop: float = _share(
+        "Share of requests whose TCP connection is closed without any HTTP response."
+    )
+    rate_truncated: float = _share(
+        "Share of requests answered 200 with the content cut mid-way and finish_reason "
+        "'length' (anthropic: stop_reason 'max_tokens')."
+    )
+    rate_refusal: float = _share(
+        "Share of requests the model refuses: openai `message.refusal`, anthropic stop_reason "
+        "'refusal', mistral/gemini a plain-text refusal sentence instead of JSON."
+    )
+    invalid_rate: float = _share("Share of 200 answers that parse but break the schema.")
+    hang_s: float = Field(
+        default=30.0, ge=0, description="How long a `timeout` fault holds the request, seconds."
+    )
+    retry_after_s: float = Field(
+        default=1.0, ge=0, description="Value of `retry-after` on injected (not quota) 429s."
+    )
+    script: list[Fault] = Field(
+        default_factory=list,
+        description="The n-th request (0-based) gets fault `script[n]` ('none' = the normal "
+        "answer); requests after the script get the rate draws.",
+    )
+    fail_first: int = Field(
+        default=0,
+        ge=0,
+        description="Requests 0..N-1 get 500 (where `script` does not say otherwise).",
+    )
     invalid_first: int = Field(
         default=0, ge=0, description="The first N 200 answers are schema-invalid."
+    )
+    rpm: int | None = Field(
+        default=None, ge=1, description="Requests per sliding window (60 s) before 429s."
+    )
+    tpm: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens per sliding window (60 s) before 429s; a request costs its "
+        "prompt tokens plus the max output tokens it asks for.",
+    )
+    window_s: float = Field(
+        default=60.0, gt=0, description="Length of the rpm/tpm sliding window, seconds."
     )
     api_key: str | None = Field(
         default=None,
         repr=False,
-        description="When set, requests must carry `Bearer <api_key>`, else 401.",
+        description="When set, requests must carry it (`Authorization: Bearer`, or anthropic's "
+        "`x-api-key`), else 401.",
     )
     echo_key_in_errors: bool = Field(
         default=False,
@@ -73,13 +142,18 @@ class EndpointProfile(BaseModel):
     )
     seed: int = Field(default=0, description="Seed of fault and latency draws.")
 
+    def __hash__(self) -> int:
+        # Frozen, so hashable like before ``script`` (a list, as the contract says) existed.
+        values = (tuple(v) if isinstance(v, list) else v for v in self.__dict__.values())
+        return hash((type(self), *values))
+
     @model_validator(mode="after")
     def _check_ranges(self) -> EndpointProfile:
         low, high = self.latency_ms
         if not 0 <= low <= high:
             raise ValueError(f"latency_ms {self.latency_ms!r} needs 0 <= low <= high")
-        if self.rate_429 + self.rate_500 > 1:
-            raise ValueError("rate_429 + rate_500 must not exceed 1")
+        if sum(getattr(self, name) for name in _RATE_FIELDS) > 1 + 1e-9:
+            raise ValueError(f"the fault rates ({', '.join(_RATE_FIELDS)}) must sum to <= 1")
         return self
 
 
@@ -88,7 +162,9 @@ class RequestRecord:
     """One request the simulator answered (or refused), in arrival order.
 
     ``prompt_sha256`` hashes the first user message, so a test can find the calls made for
-    a chunk: ``hashlib.sha256(chunk.text.encode()).hexdigest()``.
+    a chunk: ``hashlib.sha256(chunk.text.encode()).hexdigest()``. ``status`` is
+    ``NO_RESPONSE`` (0) for a dropped connection, and for a ``timeout`` whose client left
+    before ``hang_s`` passed.
     """
 
     endpoint: str

@@ -7,6 +7,10 @@
     ...     sim.requests("eu")[0].status
     200
 
+``add_endpoint`` returns the base URL the endpoint's SDK wants (see ``protocols.base_url``):
+``openai.OpenAI(base_url=…)`` for openai and gemini, ``anthropic.Anthropic(base_url=…)``,
+``mistralai.client.Mistral(server_url=…)``.
+
 The socket is bound when the URL is first needed (``url``, ``add_endpoint``) or at
 ``start``, so port 0 yields a free port known before any request. Only loopback
 addresses are accepted: the simulator must never be reachable from the network.
@@ -21,11 +25,13 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 
 from .app import build_app
 from .profiles import EndpointProfile, RequestRecord, check_endpoint_name
+from .protocols import base_url
 from .state import SimulatorState
 
 _START_TIMEOUT_S = 10.0
@@ -49,12 +55,20 @@ def loopback_host(host: str) -> str:
 
 
 class SimulatorServer:
-    """An OpenAI-compatible chat-completions server on loopback, with fault injection."""
+    """The simulated providers' server on loopback, with fault injection and quotas.
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    ``clock`` (monotonic seconds) drives the rpm/tpm windows; tests may inject one.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.host = loopback_host(host)
         self._port = port
-        self.state = SimulatorState()
+        self.state = SimulatorState(clock)
         self._socket: socket.socket | None = None
         self._address: tuple[str, int] | None = None
         self._server: uvicorn.Server | None = None
@@ -75,8 +89,9 @@ class SimulatorServer:
         return f"http://{host}:{port}"
 
     def base_url(self, name: str) -> str:
-        """The base URL to give the SDK for endpoint ``name``."""
-        return f"{self.url}/{name}/v1"
+        """The base URL to give the SDK of endpoint ``name``'s protocol (openai if unknown)."""
+        profile = self.state.profile(name)
+        return base_url(self.url, name, profile.protocol if profile else "openai")
 
     def add_endpoint(self, name: str, profile: EndpointProfile | None = None) -> str:
         """Add (or replace, resetting its counters) an endpoint; return its SDK base URL."""
@@ -90,6 +105,10 @@ class SimulatorServer:
     def tokens_served(self, endpoint: str | None = None) -> tuple[int, int]:
         """(prompt, completion) token totals of the 200 answers."""
         return self.state.tokens_served(endpoint)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per endpoint: request counts by fault and by status, tokens of 200 answers."""
+        return self.state.stats()
 
     def reset(self) -> None:
         """Clear the log and the per-endpoint counters; keep the profiles."""

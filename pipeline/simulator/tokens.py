@@ -8,6 +8,12 @@ The pipeline's budget guard reserves with the same formula, so keep the two in s
 ``len`` counts characters (code points), not bytes. A message's content is its string, or
 the concatenated ``text`` of its content parts; a message without content counts 4.
 
+Every protocol uses it: OpenAI, Gemini and Mistral count their ``messages``; Anthropic
+counts its ``system`` prompt (string or text blocks) as one more message before them. An
+answer is its content text; a forced tool's answer is its input as compact JSON. Against a
+TPM quota a request costs ``prompt_tokens + max output tokens requested`` (0 if it asks
+for none), as OpenAI counts it.
+
     >>> prompt_tokens([{"role": "user", "content": "abcde"}])
     9
     >>> completion_tokens("abcde"), chars_for_tokens(2)

@@ -1,33 +1,38 @@
-"""The OpenAI chat-completions wire format: reading requests, writing answers and errors.
+"""What every wire protocol module provides, and the protocol-neutral values they exchange.
 
-Shapes follow the SDK's own types (``openai.types.chat.ChatCompletion``,
-``openai.types.completion_usage.CompletionUsage``) and the error bodies the API sends:
+The app reads a request with ``Wire.parse`` into a ``ChatCall``, decides the fault, and has
+the same ``Wire`` write the answer (``success``), the refusal (``error``) and the headers
+(``headers``). One module per protocol implements it (``wire_openai``, ``wire_gemini``,
+``wire_anthropic``, ``wire_mistral``), listed in ``protocols.WIRES``:
 
-    >>> call = parse_chat_request(b'{"model":"m", "messages": [{"role": "user", "content": "Hi"}]}')
-    >>> call.model, call.first_user_text, call.is_repair, call.schema
-    ('m', 'Hi', False, None)
-    >>> error_body("Nope.", "invalid_request_error")
-    {'error': {'message': 'Nope.', 'type': 'invalid_request_error', 'param': None, 'code': None}}
+    >>> from pipeline.simulator.protocols import WIRES
+    >>> call = WIRES["anthropic"].parse(
+    ...     b'{"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "Hi"}]}')
+    >>> call.model, call.first_user_text, call.max_tokens, call.prompt_tokens
+    ('m', 'Hi', 9, 8)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from . import tokens
-from .schema_gen import CompiledSchema, SchemaError, compiled_schema
+from .schema_gen import CompiledSchema
+from .state import QuotaView
 
-_ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))
-_BAD_JSON = (
-    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
-    "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
-    "sent was not valid JSON.)"
-)
-SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
+#: The error answers a wire can give, by cause.
+ErrorKind = Literal[
+    "rate_limited", "server_error", "overloaded", "auth", "bad_request", "not_found"
+]
+#: How an answer ended: normally, cut by the token limit, or refused by the model.
+Finish = Literal["stop", "length", "refusal"]
+
+REFUSAL_TEXT = "I'm sorry, but I can't help with that request."
 
 
 class BadRequest(Exception):
@@ -37,251 +42,104 @@ class BadRequest(Exception):
         super().__init__(message)
         self.message, self.param, self.code = message, param, code
 
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, "invalid_request_error", self.param, self.code)
+    def problem(self, model: str = "") -> Problem:
+        return Problem("bad_request", self.message, model, param=self.param, code=self.code)
 
 
 @dataclass(frozen=True, slots=True)
 class ChatCall:
-    """What the simulator needs from a chat-completions request."""
+    """What the simulator needs from a request, whatever the protocol.
+
+    ``tool_name`` is set when the request forces a call of that tool (anthropic's
+    ``tool_choice``): the answer is then the tool's input, an object fitting ``schema``.
+    """
 
     model: str
-    messages: list[dict[str, Any]]
     first_user_text: str
     is_repair: bool
     schema: CompiledSchema | None
     json_mode: bool
     max_tokens: int | None
     prompt_tokens: int
+    tool_name: str | None = None
+
+    @property
+    def cost(self) -> int:
+        """Tokens the request counts against a TPM quota: prompt plus max output asked for."""
+        return self.prompt_tokens + (self.max_tokens or 0)
 
 
-def parse_chat_request(raw: bytes) -> ChatCall:
-    """Read and check a request body; raise ``BadRequest`` as the API would."""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise BadRequest(_BAD_JSON) from None
-    if not isinstance(body, dict):
-        raise BadRequest(_BAD_JSON)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("you must provide a model parameter")
-    messages = _messages(body.get("messages"))
-    _check_unsupported(body)
-    schema, json_mode = _response_format(body.get("response_format"))
-    return ChatCall(
-        model=model,
-        messages=messages,
-        first_user_text=first_user_text(messages),
-        is_repair=any(m["role"] == "assistant" for m in messages),
-        schema=schema,
-        json_mode=json_mode,
-        max_tokens=_max_tokens(body),
-        prompt_tokens=tokens.prompt_tokens(messages),
-    )
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The model's side of a 200: ``text`` (JSON, prose or a refusal), or the tool input."""
+
+    text: str
+    finish: Finish
+    completion_tokens: int
+    tool_input: dict[str, Any] | None = None
 
 
-def partial_call_fields(raw: bytes) -> tuple[str, str]:
-    """(model, first user text) of a body that may be malformed, for the request log."""
-    try:
-        body = json.loads(raw)
-        messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
-        model = body.get("model")
-        return (model if isinstance(model, str) else ""), first_user_text(messages)
-    except (ValueError, AttributeError, TypeError):
-        return "", ""
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why the answer is an error, with what its body may quote.
+
+    ``message`` is the text for ``bad_request`` / ``not_found``; ``shown_key`` the key
+    presented with an ``auth`` failure (masked, unless ``key_echoed``: a careless provider),
+    None if none was; ``exceeded`` / ``limit`` / ``requested`` describe a quota 429 (None for an
+    injected one).
+    """
+
+    kind: ErrorKind
+    message: str = ""
+    model: str = ""
+    param: str | None = None
+    code: str | None = None
+    shown_key: str | None = None
+    key_echoed: bool = False
+    exceeded: Literal["requests", "tokens"] | None = None
+    limit: int | None = None
+    used: int | None = None
+    requested: int | None = None
+    retry_after_s: float = 0.0
 
 
-def first_user_text(messages: list[dict[str, Any]]) -> str:
-    """The text of the first user message ('' if there is none)."""
-    for message in messages:
-        if message.get("role") == "user":
-            return tokens.message_text(message)
-    return ""
+class Wire(Protocol):
+    """One vendor's wire format."""
+
+    #: The route under ``/{endpoint}`` the SDK posts to, e.g. ``/v1/chat/completions``.
+    path: str
+    #: What the SDK's base URL adds after ``/{endpoint}`` (``/v1`` for OpenAI, else '').
+    base_path: str
+
+    def parse(self, raw: bytes) -> ChatCall:
+        """Read and check a request body; raise ``BadRequest`` as the API would."""
+        ...
+
+    def presented_key(self, headers: Mapping[str, str]) -> str:
+        """The API key the request carries ('' if none)."""
+        ...
+
+    def success(self, call: ChatCall, answer: Answer, digest: str) -> dict[str, Any]:
+        """The 200 body; ids derive from ``digest`` (64 hex digits), so reruns match."""
+        ...
+
+    def error(self, problem: Problem) -> tuple[int, Any]:
+        """(HTTP status, JSON body) of an error answer."""
+        ...
+
+    def headers(
+        self, digest: str, quota: QuotaView | None, retry_after_s: float | None
+    ) -> dict[str, str]:
+        """Request id, rate-limit headers (when the profile has quotas), ``retry-after``."""
+        ...
 
 
-def _messages(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        raise BadRequest(
-            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
-        )
-    if not isinstance(value, list):
-        raise BadRequest(
-            "Invalid type for 'messages': expected an array.", "messages", "invalid_type"
-        )
-    if not value:
-        raise BadRequest(
-            "Invalid 'messages': empty array. Expected an array with minimum length 1, "
-            "but got an empty array instead.",
-            "messages",
-            "empty_array",
-        )
-    for i, message in enumerate(value):
-        if not isinstance(message, dict) or message.get("role") not in _ROLES:
-            raise BadRequest(
-                f"Invalid value for 'messages[{i}].role'.", f"messages[{i}].role", "invalid_value"
-            )
-    return value
+# -- helpers shared by the wire modules ----------------------------------------------------
 
 
-def _check_unsupported(body: dict[str, Any]) -> None:
-    if body.get("stream"):
-        raise BadRequest(
-            "The simulator does not support stream=true.", "stream", "unsupported_value"
-        )
-    if body.get("n", 1) != 1:
-        raise BadRequest("The simulator only answers n=1.", "n", "unsupported_value")
-
-
-def _response_format(value: Any) -> tuple[CompiledSchema | None, bool]:
-    """(compiled schema, json mode) of ``response_format``."""
-    if value is None:
-        return None, False
-    kind = value.get("type") if isinstance(value, dict) else None
-    if kind == "text":
-        return None, False
-    if kind == "json_object":
-        return None, True
-    if kind != "json_schema":
-        raise BadRequest(
-            f"Invalid value: {kind!r}. Supported values are: 'text', 'json_object', and "
-            "'json_schema'.",
-            "response_format.type",
-            "invalid_value",
-        )
-    spec = value.get("json_schema")
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise BadRequest(
-            "Missing required parameter: 'response_format.json_schema'.",
-            "response_format.json_schema",
-            "missing_required_parameter",
-        )
-    try:
-        return compiled_schema(spec.get("schema", {})), False
-    except SchemaError as exc:
-        raise BadRequest(
-            f"Invalid schema for response_format '{spec['name']}': {exc}",
-            "response_format",
-            "invalid_json_schema",
-        ) from None
-
-
-def _max_tokens(body: dict[str, Any]) -> int | None:
-    for param in ("max_completion_tokens", "max_tokens"):
-        value = body.get(param)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise BadRequest(
-                f"Invalid type for '{param}': expected an integer.", param, "invalid_type"
-            )
-        if value < 1:
-            raise BadRequest(
-                f"Invalid '{param}': integer below minimum value. Expected a value >= 1, "
-                f"but got {value} instead.",
-                param,
-                "integer_below_min_value",
-            )
-        return value
-    return None
-
-
-# -- answers -------------------------------------------------------------------------------
-
-
-def request_ids(seed: str) -> tuple[str, str]:
-    """(completion id, request id), derived from ``seed`` so a rerun gets the same ids."""
-    digest = hashlib.sha256(seed.encode("utf-8", "surrogatepass")).hexdigest()
-    return "chatcmpl-" + digest[:29], "req_" + digest[29:61]
-
-
-def completion_body(
-    call: ChatCall, completion_id: str, content: str, finish_reason: str, usage: tuple[int, int]
-) -> dict[str, Any]:
-    """A ``chat.completion`` object with one choice, as the API returns it."""
-    prompt, completion = usage
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": call.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": content,
-                    "refusal": None,
-                    "annotations": [],
-                },
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {
-                "reasoning_tokens": 0,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
-        },
-        "service_tier": "default",
-        "system_fingerprint": fingerprint(call.model),
-    }
-
-
-def fingerprint(model: str) -> str:
-    """A stable ``fp_…`` per model, like the API's ``system_fingerprint``."""
-    return "fp_" + hashlib.sha256(model.encode("utf-8", "surrogatepass")).hexdigest()[:10]
-
-
-# -- errors --------------------------------------------------------------------------------
-
-
-def error_body(
-    message: str, type_: str, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    """The API's error envelope."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def rate_limit_body(model: str, retry_after_s: float) -> dict[str, Any]:
-    message = (
-        f"Rate limit reached for {model} in organization org-simulator on requests per min "
-        f"(RPM): Limit 60, Used 60, Requested 1. Please try again in {retry_after_s:g}s. "
-        "Visit https://platform.openai.com/account/rate-limits to learn more."
-    )
-    return error_body(message, "requests", None, "rate_limit_exceeded")
-
-
-def retry_after_headers(retry_after_s: float) -> dict[str, str]:
-    """``retry-after`` (seconds) and ``retry-after-ms``, as OpenAI sends on a 429."""
-    return {"retry-after": f"{retry_after_s:g}", "retry-after-ms": str(round(retry_after_s * 1000))}
-
-
-def server_error_body() -> dict[str, Any]:
-    return error_body(SERVER_ERROR, "server_error")
-
-
-def auth_error_body(presented: str | None, *, echo_key: bool) -> dict[str, Any]:
-    """The 401 body; quotes the key masked (``sk-ab****wxyz``), or in full if ``echo_key``."""
-    if not presented:
-        message = (
-            "You didn't provide an API key. You need to provide your API key in an "
-            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-        )
-        return error_body(message, "invalid_request_error")
-    shown = presented if echo_key else mask_key(presented)
-    message = (
-        f"Incorrect API key provided: {shown}. You can find your API key at "
-        "https://platform.openai.com/account/api-keys."
-    )
-    return error_body(message, "invalid_request_error", None, "invalid_api_key")
+def digest_of(seed: str) -> str:
+    """64 hex digits derived from ``seed``: the source of ids."""
+    return hashlib.sha256(seed.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def mask_key(key: str) -> str:
@@ -293,5 +151,35 @@ def mask_key(key: str) -> str:
     return f"{key[:5]}****{key[-4:]}" if len(key) >= 12 else "****"
 
 
-def not_found_body(method: str, path: str) -> dict[str, Any]:
-    return error_body(f"Invalid URL ({method} {path})", "invalid_request_error")
+def bearer_token(headers: Mapping[str, str]) -> str:
+    """The token of ``Authorization: Bearer <token>`` ('' if absent)."""
+    value = headers.get("authorization") or ""
+    return value[7:].strip() if value[:7].lower() == "bearer " else value
+
+
+def retry_after_value(seconds: float) -> str:
+    """``retry-after`` in whole seconds, rounded up (HTTP's delay-seconds is an integer).
+
+    >>> retry_after_value(0.2), retry_after_value(2.0)
+    ('1', '2')
+    """
+    return str(max(math.ceil(seconds - 1e-9), 0))
+
+
+def first_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text of the first user message ('' if there is none)."""
+    for message in messages:
+        if message.get("role") == "user":
+            return tokens.message_text(message)
+    return ""
+
+
+def partial_call_fields(raw: bytes) -> tuple[str, str]:
+    """(model, first user text) of a body that may be malformed, for the request log."""
+    try:
+        body = json.loads(raw)
+        messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
+        model = body.get("model")
+        return (model if isinstance(model, str) else ""), first_user_text(messages)
+    except (ValueError, AttributeError, TypeError):
+        return "", ""
