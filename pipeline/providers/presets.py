@@ -1,0 +1,73 @@
+"""Known OpenAI-compatible services, as data: where they live and how they differ.
+
+    PRESETS["groq"].base_url                  # "https://api.groq.com/openai/v1"
+    resolve_base_url("gemini", None)          # the preset's URL; a configured one wins
+
+Every quirk an adapter honours is a field here, read by ``OpenAICompatibleProvider``;
+adding a service is one row.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+#: How a service shapes an error body: OpenAI's ``{"error": {…}}``, or Google's JSON
+#: array of them, ``[{"error": {"code": 429, "message": …, "status": …}}]``.
+ErrorShape = Literal["object", "array"]
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """One OpenAI-compatible service."""
+
+    name: str
+    base_url: str
+    """Default API base URL, with its version path, as the openai SDK expects."""
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    """The request field that caps the answer's tokens."""
+    error_shape: ErrorShape = "object"
+    """Shape of error bodies; ``array`` needs the message pulled out of a list."""
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "gemini",
+            "https://generativelanguage.googleapis.com/v1beta/openai/",
+            error_shape="array",
+        ),
+        Preset("groq", "https://api.groq.com/openai/v1", "max_completion_tokens"),
+        Preset("together", "https://api.together.xyz/v1"),
+        Preset("xai", "https://api.x.ai/v1", "max_completion_tokens"),
+        Preset("vllm", "http://localhost:8000/v1"),
+        Preset("ollama", "http://localhost:11434/v1"),
+    )
+}
+
+
+def get_preset(name: str | None) -> Preset | None:
+    """The preset called ``name`` (``None`` for none); an unknown name is a ``ValueError``."""
+    if name is None:
+        return None
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown preset {name!r}; expected one of: {', '.join(PRESETS)}"
+        ) from None
+
+
+def resolve_base_url(preset: str | Preset | None, configured: str | None) -> str | None:
+    """The URL to call: the configured one if any, else the preset's default."""
+    if configured:
+        return configured
+    found = get_preset(preset) if isinstance(preset, str) else preset
+    return found.base_url if found is not None else None
+
+
+def strip_version(url: str | None) -> str | None:
+    """For SDKs that add ``/v1/…`` themselves: ``https://host/v1`` → ``https://host``."""
+    return re.sub(r"/v1/?$", "", url) if url else url
