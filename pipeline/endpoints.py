@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config import Config, ProviderConfig
 from pipeline.providers import EndpointSettings, Provider, build_provider
+from pipeline.providers.presets import resolve_base_url
 from pipeline.secrets import read_key
 from pipeline.simulator import EndpointProfile, SimulatorServer
 
@@ -55,9 +56,20 @@ def wants_simulator(p: ProviderConfig, force: bool) -> bool:
     return p.api_key_env is not None and read_key(p.api_key_env) is None
 
 
+#: The wire a simulated endpoint speaks, by provider kind (and preset).
+_PROTOCOL_OF_KIND = {
+    "openai": "openai",
+    "openai_compatible": "openai",
+    "anthropic": "anthropic",
+    "mistral": "mistral",
+}
+_PROTOCOL_OF_PRESET = {"gemini": "gemini"}
+
+
 def profile_of(p: ProviderConfig) -> EndpointProfile:
-    """The simulator profile standing in for ``p``."""
-    return p.simulator
+    """The simulator profile standing in for ``p``, speaking ``p``'s wire protocol."""
+    protocol = _PROTOCOL_OF_PRESET.get(p.preset or "", _PROTOCOL_OF_KIND[p.kind])
+    return p.simulator.model_copy(update={"protocol": protocol})
 
 
 @asynccontextmanager
@@ -96,15 +108,16 @@ async def connect(cfg: Config, *, simulate: bool = False) -> AsyncIterator[Conne
 def _adapter(cfg: Config, p: ProviderConfig, simulator_base: str | None) -> Provider:
     settings = EndpointSettings(
         name=p.name,
-        base_url=simulator_base or p.base_url,
+        base_url=simulator_base or resolve_base_url(p.preset, p.base_url),
         api_key=None if simulator_base else read_key(p.api_key_env),
         timeout_s=cfg.routing.request_timeout_s,
         strict_validation=simulator_base is not None,
     )
-    return build_provider(p.kind, settings)
+    return build_provider(p.kind, settings, preset=p.preset)
 
 
 def _register_remote(url: str, p: ProviderConfig) -> str:
+    """Register ``p``'s profile on a simulator running elsewhere; its base URL for the SDK."""
     body = json.dumps(profile_of(p).model_dump(mode="json")).encode()
     req = urllib.request.Request(
         f"{url}/_sim/endpoints/{p.name}",
@@ -113,5 +126,4 @@ def _register_remote(url: str, p: ProviderConfig) -> str:
         headers={"content-type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=10) as resp:  # loopback only
-        resp.read()
-    return f"{url}/{p.name}/v1"
+        return str(json.loads(resp.read())["base_url"])

@@ -132,7 +132,8 @@ class InvalidOutput(ProviderError):
         raw: str | None = None,
         usage: Usage | None = None,
         request_id: str | None = None,
+        http_status: int | None = None,
     ) -> None:
-        super().__init__(message, usage=usage, request_id=request_id)
+        super().__init__(message, usage=usage, request_id=request_id, http_status=http_status)
         self.kind = kind
         self.raw = raw

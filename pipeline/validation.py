@@ -25,7 +25,12 @@ def validate_reply(reply: ProviderReply, spec: SchemaSpec) -> str:
 
     def invalid(message: str, kind: InvalidKind) -> InvalidOutput:
         return InvalidOutput(
-            message, kind=kind, raw=reply.text, usage=reply.usage, request_id=reply.request_id
+            message,
+            kind=kind,
+            raw=reply.text,
+            usage=reply.usage,
+            request_id=reply.request_id,
+            http_status=200,  # the provider answered, and billed
         )
 
     if reply.refusal:

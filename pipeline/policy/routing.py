@@ -76,6 +76,7 @@ def _price_of(m: ModelConfig, table: dict[str, Price], where: str) -> Price:
             context_window=_pick(m.context_window, base.context_window),
             max_output_tokens=_pick(m.max_output_tokens, base.max_output_tokens),
             priced_at=base.priced_at,
+            cache_write_per_mtok=base.cache_write_per_mtok,
         )
     if m.input_per_mtok is None or m.output_per_mtok is None or m.context_window is None:
         needed = ("input_per_mtok", "output_per_mtok", "context_window")
