@@ -29,7 +29,7 @@ from enum import Enum
 
 from pipeline import errors
 from pipeline.models import BatchOutcome, Chunk, LedgerEntry, Outcome, Result, Usage
-from pipeline.policy import BudgetGuard, Endpoint, EndpointGate, Router, output_cap
+from pipeline.policy import BudgetGuard, Endpoint, EndpointGate, Router, cost_bound, output_cap
 from pipeline.providers import ChatRequest, Provider
 from pipeline.secrets import scrub
 from pipeline.validation import (
@@ -156,10 +156,26 @@ class Dispatcher:
             why = f"every allowed endpoint is cooling down after repeated failures ({names})"
             self._record_refusal(job, "no_route", why)
             return
+        candidates = self._balance(candidates, estimate)
         for endpoint in candidates:
             step = await self._use_endpoint(job, endpoint, messages)
             if step is not _Next.NEXT or job.attempts >= self.settings.max_attempts:
                 return
+
+    def _balance(self, candidates: list[Endpoint], prompt_tokens: int) -> list[Endpoint]:
+        """Among equally cheap candidates, the one with quota room first.
+
+        Price order is kept (cheapest first is the policy); only ties move, so spreading
+        load over several endpoints of the same price costs nothing and keeps all their
+        quotas busy instead of queuing at the first one.
+        """
+        max_out = self.settings.max_output_tokens
+
+        def key(e: Endpoint) -> tuple[float, float, int]:
+            cost = round(cost_bound(e, prompt_tokens, max_out), 12)
+            return cost, self.gate(e.provider).wait_estimate(prompt_tokens + max_out), e.order
+
+        return sorted(candidates, key=key)
 
     def _no_route_reason(self, chunk: Chunk) -> str:
         if not chunk.regions:

@@ -229,3 +229,78 @@ def test_drive_overlaps_batches_and_cancels_cleanly() -> None:
     assert peak == 2
     assert running == 0, "a cancelled drive leaves no batch running"
     assert started[:4] == ["b0", "b1", "b2", "b3"]
+
+
+def _two_endpoint_dispatcher(simulator: Any, prices: tuple[float, float]) -> tuple[Dispatcher, Any]:
+    from pydantic import SecretStr
+
+    spec = get_schema("chunk_summary")
+    providers, endpoints = {}, []
+    for i, name in enumerate(["eu-a", "eu-b"]):
+        url = simulator.add_endpoint(name, EndpointProfile())
+        providers[name] = build_provider(
+            "openai",
+            EndpointSettings(
+                name=name,
+                base_url=url,
+                api_key=SecretStr("sk-test-0000"),
+                timeout_s=10,
+                strict_validation=True,
+            ),
+        )
+        endpoints.append(
+            Endpoint(
+                name,
+                "openai",
+                "eu",
+                "gpt-4.1-mini",
+                Price(prices[i], 1.0, prices[i], 128_000, 4096, "t"),
+                True,
+                i,
+            )
+        )
+    gates = {name: EndpointGate(rpm=600) for name in providers}  # burst of 10, then 10/s
+    dispatcher = Dispatcher(
+        run_id="r",
+        router=Router(endpoints),
+        budget=BudgetGuard(10.0),
+        providers=providers,
+        schema=spec,
+        gates=gates,
+        settings=DispatchSettings(
+            instructions=spec.instructions, max_output_tokens=400, concurrency=8
+        ),
+    )
+    return dispatcher, providers
+
+
+def _run_chunks(dispatcher: Dispatcher, providers: Any, n: int) -> Any:
+    text = "Vantrel Systems B.V. renews its hosting order with Datahaven for EUR 2,400 a month."
+    chunks = [
+        Chunk(f"c{i}", "d", "eu/a.txt", i, 0, 10, 30, f"{text} Item {i}.", ("eu",), "eu/**")
+        for i in range(n)
+    ]
+
+    async def go() -> Any:
+        try:
+            return await dispatcher.run_batch(chunks)
+        finally:
+            for p in providers.values():
+                await p.aclose()
+
+    return asyncio.run(go())
+
+
+def test_equally_cheap_endpoints_share_the_load(simulator: Any) -> None:
+    dispatcher, providers = _two_endpoint_dispatcher(simulator, (0.4, 0.4))
+    out = _run_chunks(dispatcher, providers, 30)
+    assert all(r.status == "succeeded" for r in out.results)
+    a, b = len(simulator.requests("eu-a")), len(simulator.requests("eu-b"))
+    assert a >= 10 and b >= 10, (a, b)
+
+
+def test_a_cheaper_endpoint_is_queued_for_not_bypassed(simulator: Any) -> None:
+    dispatcher, providers = _two_endpoint_dispatcher(simulator, (0.1, 0.4))
+    out = _run_chunks(dispatcher, providers, 15)
+    assert all(r.status == "succeeded" and r.provider == "eu-a" for r in out.results)
+    assert simulator.requests("eu-b") == []

@@ -95,6 +95,7 @@ class EndpointGate:
         self._max_concurrency = max_concurrency
         self._semaphore: asyncio.Semaphore | None = None
         self._paused_until = 0.0
+        self._queued = 0
         self._cooldown_after = cooldown_after
         self._cooldown_s = cooldown_s
         self._failures = 0
@@ -140,6 +141,14 @@ class EndpointGate:
             if remaining is not None and remaining <= 0 and reset:
                 self.pause(reset)
 
+    def wait_estimate(self, tokens: int) -> float:
+        """Seconds a request of ``tokens`` would wait for quota now, behind those queued."""
+        per_request = max(
+            self._interval,
+            WINDOW_S * tokens / self._tokens.limit if self._tokens is not None else 0.0,
+        )
+        return max(self._wait(tokens, self._clock()), 0.0) + self._queued * per_request
+
     # -- admission ------------------------------------------------------------------------
 
     @asynccontextmanager
@@ -161,15 +170,19 @@ class EndpointGate:
 
     async def _admit(self, tokens: int) -> None:
         started = self._clock()
-        while True:
-            now = self._clock()
-            wait = self._wait(tokens, now)
-            if wait <= 0:
-                self._take(tokens, now)
-                self.stats.requests += 1
-                self.stats.waited_s += now - started
-                return
-            await self._sleep(min(wait, 1.0))
+        self._queued += 1
+        try:
+            while True:
+                now = self._clock()
+                wait = self._wait(tokens, now)
+                if wait <= 0:
+                    self._take(tokens, now)
+                    self.stats.requests += 1
+                    self.stats.waited_s += now - started
+                    return
+                await self._sleep(min(wait, 1.0))
+        finally:
+            self._queued -= 1
 
     def _wait(self, tokens: int, now: float) -> float:
         waits = [self._paused_until - now]
