@@ -149,13 +149,11 @@ class Dispatcher:
         if not candidates:
             self._record_refusal(job, "no_route", self._no_route_reason(job.chunk))
             return
-        resting = [e for e in candidates if self.gate(e.provider).cooling()]
-        candidates = [e for e in candidates if e not in resting]
-        if not candidates:
-            names = ", ".join(sorted({e.provider for e in resting}))
-            why = f"every allowed endpoint is cooling down after repeated failures ({names})"
-            self._record_refusal(job, "no_route", why)
-            return
+        if all(self.gate(e.provider).cooling() for e in candidates):
+            # Every allowed endpoint rests: wait for the first to come back, never fail for it.
+            await self._sleep(min(self.gate(e.provider).cooling_for() for e in candidates))
+        else:
+            candidates = [e for e in candidates if not self.gate(e.provider).cooling()]
         candidates = self._balance(candidates, estimate)
         for endpoint in candidates:
             step = await self._use_endpoint(job, endpoint, messages)
@@ -261,7 +259,9 @@ class Dispatcher:
             output = validate_reply(reply, self.schema)
         except errors.ProviderError as exc:
             gate.observe(exc.limits)
-            if isinstance(exc, errors.TransientError):
+            if isinstance(exc, errors.RateLimited):
+                gate.pause(exc.retry_after or self.settings.backoff_initial_s)
+            elif isinstance(exc, errors.TransientError):
                 gate.record_failure(exc.retry_after)
             usage = exc.usage
             cost = endpoint.price.cost_usd(usage)

@@ -95,7 +95,5 @@ def prompt_token_bound(messages: list[dict[str, str]]) -> int:
 
 def prompt_token_estimate(messages: list[dict[str, str]], chunk_tokens: int) -> int:
     """A realistic estimate (for context-window fit): the chunk's count plus the rest by chars/4."""
-    other = sum(len(m["content"]) for m in messages[:1]) + sum(
-        len(m["content"]) for m in messages[2:]
-    )
-    return chunk_tokens + other // 4 + 4 * len(messages) + 3
+    others = [messages[0], *messages[2:]]
+    return chunk_tokens + sum(-(-len(m["content"]) // 4) for m in others) + 4 * len(messages) + 3

@@ -304,3 +304,70 @@ def test_a_cheaper_endpoint_is_queued_for_not_bypassed(simulator: Any) -> None:
     out = _run_chunks(dispatcher, providers, 15)
     assert all(r.status == "succeeded" and r.provider == "eu-a" for r in out.results)
     assert simulator.requests("eu-b") == []
+
+
+def _single(simulator: Any, profile: EndpointProfile, **settings: Any) -> tuple[Dispatcher, Any]:
+    from pydantic import SecretStr
+
+    spec = get_schema("chunk_summary")
+    url = simulator.add_endpoint("only", profile)
+    providers = {
+        "only": build_provider(
+            "openai",
+            EndpointSettings(
+                name="only",
+                base_url=url,
+                api_key=SecretStr("sk-test-0000"),
+                timeout_s=10,
+                strict_validation=True,
+            ),
+        )
+    }
+    endpoint = Endpoint(
+        "only", "openai", "eu", "gpt-4.1-mini", Price(0.4, 1.6, 0.1, 128_000, 4096, "t"), True, 0
+    )
+    dispatcher = Dispatcher(
+        run_id="r",
+        router=Router([endpoint]),
+        budget=BudgetGuard(10.0),
+        providers=providers,
+        schema=spec,
+        settings=DispatchSettings(
+            instructions=spec.instructions,
+            max_output_tokens=400,
+            concurrency=1,
+            backoff_initial_s=0.01,
+            **settings,
+        ),
+    )
+    return dispatcher, providers
+
+
+def test_rate_limits_pause_but_never_cool_an_endpoint_down(simulator: Any) -> None:
+    profile = EndpointProfile(script=["rate_limited"] * 4, retry_after_s=0)
+    dispatcher, providers = _single(simulator, profile, cooldown_after=2, retries_per_endpoint=5)
+    out = _run_chunks(dispatcher, providers, 1)
+    assert [e.outcome for e in out.ledger] == ["rate_limited"] * 4 + ["ok"]
+    assert dispatcher.gate("only").stats.cooldowns == 0
+    assert dispatcher.gate("only").stats.pauses >= 1
+
+
+def test_when_every_allowed_endpoint_rests_a_chunk_waits_instead_of_failing(simulator: Any) -> None:
+    profile = EndpointProfile(script=["server_error", "server_error"])
+    dispatcher, providers = _single(
+        simulator, profile, cooldown_after=2, cooldown_s=0.3, retries_per_endpoint=1
+    )
+    out = _run_chunks(dispatcher, providers, 2)
+    first, second = sorted(out.results, key=lambda r: r.chunk_id)
+    assert (first.status, first.reason) == ("failed", "server_error")
+    assert dispatcher.gate("only").stats.cooldowns == 1
+    assert second.status == "succeeded", "the second chunk waited out the cooldown"
+    assert not any(e.outcome == "no_route" for e in out.ledger)
+
+
+def test_our_window_forgets_a_request_after_the_provider_does() -> None:
+    from pipeline.policy.limits import ARRIVAL_GUARD_S
+
+    t = FakeTime()
+    times = _admit_times(_gate(t, tpm=10_000), t, 12, tokens=1_000)  # 9 fit (1% headroom)
+    assert times[9] - times[0] >= 60 + ARRIVAL_GUARD_S

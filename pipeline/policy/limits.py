@@ -31,6 +31,13 @@ from dataclasses import dataclass
 from pipeline.providers.base import RateLimitInfo
 
 WINDOW_S = 60.0
+#: Share of the token quota left unused: docroute's token estimate is not the provider's
+#: tokenizer, and a window packed to exactly 100% by our count tips over by theirs.
+TOKEN_HEADROOM = 0.01
+#: The provider counts a request when it arrives, a little after we admit it (a new
+#: connection adds ~0.1 s). Our window forgets a request this much later than 60 s, so it
+#: never frees room the provider still counts as used.
+ARRIVAL_GUARD_S = 0.25
 #: Requests allowed back to back before pacing applies, as a share of a minute's quota.
 BURST_SHARE = 1 / 60
 
@@ -44,7 +51,7 @@ class _Window:
         self._sum = 0
 
     def _expire(self, now: float) -> None:
-        while self._log and self._log[0][0] <= now - WINDOW_S:
+        while self._log and self._log[0][0] <= now - WINDOW_S - ARRIVAL_GUARD_S:
             self._sum -= self._log.popleft()[1]
 
     def wait_for(self, weight: int, now: float) -> float:
@@ -56,7 +63,7 @@ class _Window:
         for t, w in self._log:
             excess -= w
             if excess <= 0:
-                return t + WINDOW_S - now
+                return t + WINDOW_S + ARRIVAL_GUARD_S - now
         return WINDOW_S
 
     def add(self, weight: int, now: float) -> None:
@@ -87,7 +94,7 @@ class EndpointGate:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._requests = _Window(rpm) if rpm else None
-        self._tokens = _Window(tpm) if tpm else None
+        self._tokens = _Window(int(tpm * (1 - TOKEN_HEADROOM))) if tpm else None
         self._interval = WINDOW_S / rpm if rpm else 0.0
         self._burst = max(1.0, rpm * BURST_SHARE) if rpm else 0.0
         self._credit = self._burst
@@ -113,8 +120,15 @@ class EndpointGate:
     def record_success(self) -> None:
         self._failures = 0
 
+    def cooling_for(self) -> float:
+        """Seconds until the endpoint is out of its cooldown (0 if it is not cooling)."""
+        return max(self._cool_until - self._clock(), 0.0)
+
     def record_failure(self, retry_after: float | None = None) -> None:
-        """A failed attempt (transient error); pauses the endpoint for ``retry_after``."""
+        """A failed attempt that says the endpoint is unwell (5xx, timeout, connection).
+
+        Rate limiting is not a failure: it is a quota signal, handled by ``pause``.
+        """
         self._failures += 1
         if retry_after:
             self.pause(retry_after)
