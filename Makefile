@@ -24,8 +24,8 @@ test: $(STAMP) lint
 
 ## make lint: ruff (lint + format) and mypy, the gates `make test` runs first
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline flows schemas tests
-	$(BIN)/ruff format --check pipeline flows schemas tests
+	$(BIN)/ruff check pipeline flows schemas tests bench
+	$(BIN)/ruff format --check pipeline flows schemas tests bench
 	$(BIN)/mypy pipeline flows schemas
 
 clean:

@@ -15,7 +15,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-KEY_VARS = ("OPENAI_API_KEY", "OPENAI_EU_API_KEY", "LLAMA_EU_API_KEY")
+KEY_VARS = (
+    "OPENAI_API_KEY",
+    "OPENAI_EU_API_KEY",
+    "LLAMA_EU_API_KEY",
+    "MISTRAL_API_KEY",
+    "ANTHROPIC_API_KEY",
+)
 
 
 @pytest.fixture(autouse=True)
