@@ -34,9 +34,10 @@ are passed over so spans stay near the limit instead of a line or two long.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -112,19 +113,40 @@ def chunk_document(
     counter: TokenCounter,
     regions: tuple[str, ...],
     residency_rule: str,
+    page_starts: Sequence[int] = (),
 ) -> Iterator[Chunk]:
     """Stream ``doc``'s chunks, numbered from 0, each with a stable content id.
+
+    With ``page_starts`` (where each page begins in ``text``), each chunk knows its pages.
 
     ``chunk_id`` is ``stable_id(doc.doc_id, char_start, chunk_text)``: the same for the
     same text at the same place, run after run, and distinct for a passage repeated in
     one document.
     """
     spans = split_spans(text, max_tokens=max_tokens, overlap_tokens=overlap_tokens, counter=counter)
-    return _chunks(doc, text, spans, tuple(regions), residency_rule)
+    return _chunks(doc, text, spans, tuple(regions), residency_rule, tuple(page_starts))
+
+
+def pages_of(start: int, end: int, page_starts: Sequence[int]) -> tuple[int, ...]:
+    """1-based numbers of the pages that ``text[start:end]`` touches.
+
+    >>> pages_of(5, 25, [0, 10, 20, 30])
+    (1, 2, 3)
+    """
+    if not page_starts:
+        return ()
+    first = bisect.bisect_right(page_starts, start)
+    last = bisect.bisect_right(page_starts, max(end - 1, start))
+    return tuple(range(max(first, 1), max(last, 1) + 1))
 
 
 def _chunks(
-    doc: Document, text: str, spans: Iterator[Span], regions: tuple[str, ...], rule: str
+    doc: Document,
+    text: str,
+    spans: Iterator[Span],
+    regions: tuple[str, ...],
+    rule: str,
+    page_starts: tuple[int, ...] = (),
 ) -> Iterator[Chunk]:
     for index, span in enumerate(spans):
         chunk_text = text[span.start : span.end]
@@ -139,6 +161,7 @@ def _chunks(
             text=chunk_text,
             regions=regions,
             residency_rule=rule,
+            pages=pages_of(span.start, span.end, page_starts),
         )
 
 

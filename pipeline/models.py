@@ -83,6 +83,8 @@ class Chunk:
     text: str
     regions: tuple[str, ...]
     residency_rule: str
+    pages: tuple[int, ...] = ()
+    """1-based pages the chunk spans, for paged formats (PDF); empty otherwise."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,6 +179,7 @@ class Run:
                     counter=self.counter,
                     regions=decision.regions,
                     residency_rule=decision.rule,
+                    page_starts=extracted.page_starts,
                 )
             )
             yield self._doc_row(
@@ -191,12 +192,12 @@ class Run:
         marks = ", ".join("?" for _ in statuses)
         rows = self.store.read(
             "SELECT c.chunk_id, c.doc_id, c.path, c.index, c.char_start, c.char_end, "
-            "c.token_estimate, c.text FROM chunks c JOIN results r "
-            "ON r.run_id = c.run_id AND r.chunk_id = c.chunk_id "
+            "c.token_estimate, c.text, coalesce(c.pages, []::INTEGER[]) "
+            "FROM chunks c JOIN results r ON r.run_id = c.run_id AND r.chunk_id = c.chunk_id "
             f"WHERE c.run_id = ? AND r.status IN ({marks}) ORDER BY c.path, c.index",
             [parent_run_id, *statuses],
         )
-        for chunk_id, doc_id, path, index, start, end, tokens, text in rows.rows:
+        for chunk_id, doc_id, path, index, start, end, tokens, text, pages in rows.rows:
             decision = self.residency.decide(path)
             yield Chunk(
                 chunk_id=chunk_id,
@@ -209,6 +210,7 @@ class Run:
                 text=text,
                 regions=decision.regions,
                 residency_rule=decision.rule,
+                pages=tuple(pages),
             )
 
     def batches(self, items: Iterable[Chunk | DocumentRow]) -> Iterator[Batch]:

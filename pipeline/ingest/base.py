@@ -58,6 +58,8 @@ class ExtractedText:
     text: str
     encoding: str
     note: str | None = None
+    page_starts: tuple[int, ...] = ()
+    """For paged formats: the offset in ``text`` where each page begins (page 1 first)."""
 
 
 #: Turns a document's bytes into text, or raises ``DocumentError``.

@@ -80,6 +80,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("text", _STR),
         ("regions", pa.list_(_STR)),
         ("residency_rule", _STR),
+        ("pages", pa.list_(pa.int32())),
     ),
     "results": _schema(
         ("run_id", _STR),
