@@ -26,6 +26,7 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError, DocrouteError
 from pipeline.run import new_run_id, require_run
 from pipeline.store import Store
+from pipeline.store.journal import recover
 
 DEFAULT_ROOT = Path("docroute-output")
 
@@ -231,6 +232,7 @@ def _store(args: argparse.Namespace) -> Any:
             f"no docroute data under {root} (run `docroute run` first, or pass --root)"
         )
     store = Store(root)
+    recover(store)  # a killed run's journaled costs become ledger rows before anyone reads
     store.refresh_catalog()
     return store
 

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -70,6 +71,7 @@ class _Job:
     """One chunk's way through the candidates."""
 
     chunk: Chunk
+    sink: Callable[[LedgerEntry], None] | None = None  # sees each entry as it is made
     attempts: int = 0
     ledger: list[LedgerEntry] = field(default_factory=list)
     last_outcome: Outcome | None = None
@@ -112,15 +114,21 @@ class Dispatcher:
         return found
 
     async def run_batch(
-        self, chunks: Sequence[Chunk], on_result: Callable[[Result], None] | None = None
+        self,
+        chunks: Sequence[Chunk],
+        on_result: Callable[[Result], None] | None = None,
+        on_entry: Callable[[LedgerEntry], None] | None = None,
     ) -> BatchOutcome:
-        """Dispatch ``chunks`` with at most ``settings.concurrency`` calls in flight."""
+        """Dispatch ``chunks`` with at most ``settings.concurrency`` calls in flight.
+
+        ``on_entry`` sees every ledger entry the moment its attempt completes (the journal).
+        """
         gate = asyncio.Semaphore(self.settings.concurrency)
         outcome = BatchOutcome()
 
         async def one(chunk: Chunk) -> None:
             async with gate:
-                result, ledger = await self.process(chunk)
+                result, ledger = await self.process(chunk, on_entry)
             outcome.results.append(result)
             outcome.ledger.extend(ledger)
             if on_result is not None:
@@ -129,9 +137,11 @@ class Dispatcher:
         await asyncio.gather(*(one(c) for c in chunks))
         return outcome
 
-    async def process(self, chunk: Chunk) -> tuple[Result, list[LedgerEntry]]:
+    async def process(
+        self, chunk: Chunk, on_entry: Callable[[LedgerEntry], None] | None = None
+    ) -> tuple[Result, list[LedgerEntry]]:
         """The one result of ``chunk`` and the ledger entries of its attempts."""
-        job = _Job(chunk)
+        job = _Job(chunk, on_entry)
         try:
             await self._route(job)
         except Exception as exc:  # a bug must not take the batch down with it
@@ -326,8 +336,11 @@ class Dispatcher:
                 error=job.last_error,
                 request_id=request_id or (exc.request_id if exc is not None else None),
                 model_reported=model_reported,
+                attempt_id=uuid.uuid4().hex,
             )
         )
+        if job.sink is not None:
+            job.sink(job.ledger[-1])
 
     def _record_refusal(self, job: _Job, outcome: Outcome, why: str) -> None:
         """A decision not to call (no route, no budget): a zero-cost ledger row says why."""
@@ -352,8 +365,11 @@ class Dispatcher:
                 outcome=outcome,
                 http_status=None,
                 error=why,
+                attempt_id=uuid.uuid4().hex,
             )
         )
+        if job.sink is not None:
+            job.sink(job.ledger[-1])
 
     def _finish(self, job: _Job) -> Result:
         if job.output is not None:

@@ -126,6 +126,8 @@ class LedgerEntry:
     error: str | None
     request_id: str | None = None
     model_reported: str | None = None
+    attempt_id: str | None = None
+    """Unique per ledger row: what makes journal recovery idempotent."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from pipeline.models import BatchOutcome, Chunk, Document, DocumentStatus
 from pipeline.policy import BudgetGuard, EndpointGate, Residency, Router, endpoints_from_config
 from pipeline.progress import Progress
 from pipeline.store import CatalogLockedError, DocumentRow, RunRecord, RunStatus, Store
+from pipeline.store.journal import Journal, recover
 from schemas import get_schema
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ class Run:
             if notice:
                 log.info("%s", notice)
             run = cls(cfg, run_id=run_id, flow=flow, conn=conn, parent_run_id=parent_run_id)
+            recover(run.store)  # costs journaled by a process that died are ledgered first
             run._record("running")
             try:
                 yield run
@@ -243,9 +245,13 @@ class Run:
         self.store.write_rows(
             "chunks", self.run_id, [_chunk_row(self.run_id, c) for c in batch.chunks]
         )
-        outcome = await self.dispatcher.run_batch(batch.chunks, on_result=self.progress.add)
-        self.store.write_rows("ledger", self.run_id, outcome.ledger)
-        self.store.write_rows("results", self.run_id, outcome.results)
+        with Journal.open(self.store.root, self.run_id, batch.batch_id) as journal:
+            outcome = await self.dispatcher.run_batch(
+                batch.chunks, on_result=self.progress.add, on_entry=journal.append
+            )
+            self.store.write_rows("ledger", self.run_id, outcome.ledger)
+            self.store.write_rows("results", self.run_id, outcome.results)
+            journal.commit()
         return outcome
 
     # -- records --------------------------------------------------------------------------

@@ -120,6 +120,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("error", _STR, True),
         ("request_id", _STR, True),
         ("model_reported", _STR, True),
+        ("attempt_id", _STR, True),
     ),
 }
 
