@@ -45,15 +45,37 @@ class ResidencyRule(_Model):
         return value
 
 
+class JsonlConfig(_Model):
+    text_field: str = Field(default="text", min_length=1)
+    """The field of each JSON-lines record that holds its text."""
+    id_field: str = Field(default="id", min_length=1)
+    """The field that identifies a record (shown before its text)."""
+
+
+DEFAULT_INCLUDE = [
+    "**/*.txt",
+    "**/*.md",
+    "**/*.html",
+    "**/*.htm",
+    "**/*.pdf",
+    "**/*.docx",
+    "**/*.jsonl",
+]
+
+
 class CorpusConfig(_Model):
     path: Path
     """Folder holding the documents (relative to this file)."""
-    include: list[str] = Field(default_factory=lambda: ["**/*.txt", "**/*.md"], min_length=1)
-    """Globs of the files to read."""
+    include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE), min_length=1)
+    """Globs of the files to read (default: every supported format)."""
     exclude: list[str] = Field(default_factory=list)
     """Globs of files to leave out, applied after ``include``."""
     max_file_mb: float = Field(default=50.0, gt=0)
     """Files larger than this get an error row (``too_large``) instead of being read."""
+    extract_workers: int = Field(default=2, ge=1, le=64)
+    """Processes extracting CPU-heavy formats (PDF, docx) in parallel."""
+    jsonl: JsonlConfig = Field(default_factory=JsonlConfig)
+    """Which fields of ``.jsonl`` records hold the text and the id."""
     residency: list[ResidencyRule] = Field(default_factory=list)
     """Rules in order; the first whose glob matches gives a document its allowed regions."""
     residency_default: Literal["deny"] | list[Region] = "deny"

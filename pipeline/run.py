@@ -27,7 +27,7 @@ from pipeline.config import Config
 from pipeline.dispatch import Dispatcher, DispatchSettings
 from pipeline.endpoints import Connections, connect
 from pipeline.errors import ConfigError
-from pipeline.ingest import DocumentError, discover, extract_text
+from pipeline.ingest import DocumentError, discover, extract_many
 from pipeline.models import BatchOutcome, Chunk, Document, DocumentStatus
 from pipeline.policy import BudgetGuard, EndpointGate, Residency, Router, endpoints_from_config
 from pipeline.progress import Progress
@@ -165,13 +165,18 @@ class Run:
         """Documents of the corpus, one at a time: each one's row, then its chunks."""
         c = self.cfg.corpus
         max_bytes = int(c.max_file_mb * 1024 * 1024)
-        for doc in discover(c.path, c.include, c.exclude):
-            decision = self.residency.decide(doc.path)
-            try:
-                extracted = extract_text(doc, max_bytes=max_bytes)
-            except DocumentError as exc:
-                yield self._doc_row(doc, "error", reason=exc.reason, message=exc.message)
+        options = {"jsonl_text_field": c.jsonl.text_field, "jsonl_id_field": c.jsonl.id_field}
+        found = discover(c.path, c.include, c.exclude)
+        for doc, extracted in extract_many(
+            found, max_bytes=max_bytes, workers=c.extract_workers, options=options
+        ):
+            if isinstance(extracted, DocumentError):
+                row = self._doc_row(
+                    doc, "error", reason=extracted.reason, message=extracted.message
+                )
+                yield row
                 continue
+            decision = self.residency.decide(doc.path)
             chunks = list(
                 chunk_document(
                     doc,

@@ -283,3 +283,55 @@ def simulator_last_auth_message(simulator: Any, base_url: str) -> str:
     finally:
         client.close()
     return ""
+
+
+def test_every_format_flows_through_a_run_with_pages_and_jsonl_fields(
+    tmp_path: Path, sim_env: Any
+) -> None:
+    import docx
+    from reportlab.pdfgen import canvas
+
+    eu = tmp_path / "corpus" / "eu"
+    eu.mkdir(parents=True)
+    pdf = canvas.Canvas(str(eu / "report.pdf"))
+    for page in (1, 2, 3):
+        pdf.drawString(72, 720, f"Page {page} of the audit report. Findings are listed in EUR.")
+        pdf.showPage()
+    pdf.save()
+    document = docx.Document()
+    document.add_heading("Data processing agreement", level=1)
+    document.add_paragraph("The processor keeps personal data in the EU for 30 days.")
+    document.save(str(eu / "dpa.docx"))
+    (eu / "page.html").write_text(
+        "<html><body><nav>Home | About</nav><main><h1>Retention policy</h1>"
+        "<p>Invoices are kept for ten years.</p></main><script>track()</script></body></html>"
+    )
+    (eu / "notes.jsonl").write_text(
+        '{"ref": "n1", "body": "Vendor onboarding needs a signed NDA."}\nnot json\n'
+    )
+    data = sample_config_data()
+    data["corpus"].pop("include")  # the default: every supported format
+    data["corpus"]["jsonl"] = {"text_field": "body", "id_field": "ref"}
+    config = write_config(tmp_path, data, corpus=tmp_path / "corpus")
+    summary = _run(config)
+    store = Store(tmp_path / "out")
+    rid = summary["run_id"]
+    docs = dict(store.read("SELECT path, status FROM documents WHERE run_id = ?", [rid]).rows)
+    assert docs == {
+        "eu/report.pdf": "ok",
+        "eu/dpa.docx": "ok",
+        "eu/page.html": "ok",
+        "eu/notes.jsonl": "ok",
+    }
+    texts = dict(
+        store.read(
+            "SELECT path, string_agg(text, ' ') FROM chunks WHERE run_id = ? GROUP BY 1", [rid]
+        ).rows
+    )
+    assert "Home | About" not in texts["eu/page.html"] and "track()" not in texts["eu/page.html"]
+    assert "signed NDA" in texts["eu/notes.jsonl"] and "n1" in texts["eu/notes.jsonl"]
+    (pages,) = store.read(
+        "SELECT pages FROM chunks WHERE run_id = ? AND path = 'eu/report.pdf'", [rid]
+    ).rows[0]
+    assert list(pages) == [1, 2, 3]
+    assert summary["succeeded"] == summary["chunks"] == 4

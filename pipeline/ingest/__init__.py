@@ -6,20 +6,37 @@
         except DocumentError as exc:
             ...  # record (doc, exc.reason, exc.message) and go on with the next document
 
+    # or many at once, PDFs and Word files parsed in worker processes, order kept:
+    for doc, got in extract_many(discover(root, ["**"]), max_bytes=50 * MB, workers=4):
+        ...  # got is an ExtractedText or a DocumentError
+
 Modules: ``discovery`` (the walk), ``extraction`` (the suffix → extractor table and the
-checks every format shares), ``plaintext`` (.txt, .md), ``base`` (the shared types).
+checks every format shares), ``pool`` (``extract_many``), one module per format
+(``plaintext`` for .txt and .md, ``html_page``, ``pdf``, ``docx_file``, ``jsonl``), and
+``base`` (the shared types).
 """
 
-from pipeline.ingest.base import DocumentError, DocumentErrorReason, ExtractedText, Extractor
+from pipeline.ingest.base import (
+    DocumentError,
+    DocumentErrorReason,
+    ExtractedText,
+    ExtractOptions,
+    Extractor,
+)
 from pipeline.ingest.discovery import discover
 from pipeline.ingest.extraction import EXTRACTORS, extract_text
+from pipeline.ingest.pool import POOLED_SUFFIXES, Extracted, extract_many
 
 __all__ = [
     "EXTRACTORS",
+    "POOLED_SUFFIXES",
     "DocumentError",
     "DocumentErrorReason",
+    "ExtractOptions",
+    "Extracted",
     "ExtractedText",
     "Extractor",
     "discover",
+    "extract_many",
     "extract_text",
 ]

@@ -1,25 +1,35 @@
 """What every extractor returns or raises, and the shape of an extractor.
 
-    def extract_csv(doc: Document, data: bytes) -> ExtractedText: ...
+    def extract_csv(doc: Document, data: bytes, options: ExtractOptions) -> ExtractedText: ...
     # then one line in ``EXTRACTORS`` (``pipeline/ingest/extraction.py``): ".csv": extract_csv
 
 An extractor gets the file's bytes (already read, size-checked and known to be non-empty)
-and returns the text the chunker will cut; offsets of chunks refer to that text exactly.
-A problem with one document is a ``DocumentError``: the run records it and goes on.
+and the run's ``ExtractOptions``, and returns the text the chunker will cut; offsets of
+chunks refer to that text exactly. A problem with one document is a ``DocumentError``:
+the run records it and goes on. Errors of a parsing library are translated at the edge,
+in the extractor, so a malformed file can never raise anything but ``DocumentError``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import Literal, TypeAlias
 
 from pipeline.models import Document
 
-__all__ = ["DocumentError", "DocumentErrorReason", "ExtractedText", "Extractor"]
+__all__ = [
+    "DocumentError",
+    "DocumentErrorReason",
+    "ExtractOptions",
+    "ExtractedText",
+    "Extractor",
+]
 
+#: ``encrypted``: needs a password; ``no_text``: parsed, but holds no text (a scanned PDF,
+#: a JSONL file without one usable record, a web page that is all navigation).
 DocumentErrorReason: TypeAlias = Literal[
-    "empty", "binary", "too_large", "unreadable", "unsupported"
+    "empty", "binary", "too_large", "unreadable", "unsupported", "encrypted", "no_text"
 ]
 
 
@@ -62,5 +72,37 @@ class ExtractedText:
     """For paged formats: the offset in ``text`` where each page begins (page 1 first)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ExtractOptions:
+    """Settings of the extractors that need any; the same for every document of a run.
+
+    ExtractOptions.of({"jsonl_text_field": "body"})  # the others keep their defaults
+    ExtractOptions.of({"jsonl_txt_field": "body"})   # ValueError naming the known keys
+    """
+
+    jsonl_text_field: str = "text"
+    """The field of each JSONL record that holds its text."""
+    jsonl_id_field: str = "id"
+    """The field of each JSONL record that holds its id, shown as ``[id]`` above its text."""
+
+    @classmethod
+    def of(cls, options: ExtractOptions | Mapping[str, str] | None) -> ExtractOptions:
+        """``options`` checked: an unknown key or a value that is not a non-empty string is
+        a ``ValueError`` (a configuration mistake, not a bad document)."""
+        if options is None:
+            return cls()
+        if isinstance(options, ExtractOptions):
+            return options
+        known = sorted(f.name for f in fields(cls))
+        for key, value in options.items():
+            if key not in known:
+                raise ValueError(f"unknown extraction option {key!r}; known: {', '.join(known)}")
+            if not isinstance(value, str) or not value:
+                raise ValueError(
+                    f"extraction option {key!r} must be a non-empty string, got {value!r}"
+                )
+        return cls(**options)
+
+
 #: Turns a document's bytes into text, or raises ``DocumentError``.
-Extractor: TypeAlias = Callable[[Document, bytes], ExtractedText]
+Extractor: TypeAlias = Callable[[Document, bytes, ExtractOptions], ExtractedText]
