@@ -80,7 +80,8 @@ def config_for(
         {
             "corpus": {"path": str(corpus), "residency_default": ["eu"]},
             "task": {"schema": "chunk_summary", "max_output_tokens": MAX_OUTPUT},
-            "chunking": {"max_tokens": 800, "overlap_tokens": 0},
+            # count as the simulator does (chars/4), as a real run counts with tiktoken
+            "chunking": {"max_tokens": 800, "overlap_tokens": 0, "counter": "chars/4"},
             "budget": {"run_usd": 10_000},
             "routing": {"max_attempts": 8, "backoff_initial_s": 0.2, **routing},
             "providers": providers,

@@ -107,6 +107,13 @@ class ChunkingConfig(_Model):
     """Upper bound on a chunk's tokens (by the chunker's counter)."""
     overlap_tokens: int = Field(default=64, ge=0)
     """Tokens shared by consecutive chunks of a document."""
+    counter: str = Field(
+        default="auto",
+        pattern=r"^(auto|chars(/\d+(\.\d+)?)?|tiktoken:(o200k_base|cl100k_base))$",
+    )
+    """How tokens are counted: ``auto`` (tiktoken o200k when its files are installed by
+    ``make``, else a calibrated character estimate), ``tiktoken:o200k_base``,
+    ``tiktoken:cl100k_base``, ``chars`` or ``chars/<chars per token>``. Recorded per run."""
 
     @model_validator(mode="after")
     def _overlap_below_max(self) -> ChunkingConfig:

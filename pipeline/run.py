@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.chunking import CharEstimate, TokenCounter, chunk_document
+from pipeline.chunking import TokenCounter, chunk_document
 from pipeline.config import Config
 from pipeline.dispatch import Dispatcher, DispatchSettings
 from pipeline.endpoints import Connections, connect
@@ -33,6 +33,7 @@ from pipeline.policy import BudgetGuard, EndpointGate, Residency, Router, endpoi
 from pipeline.progress import Progress
 from pipeline.store import CatalogLockedError, DocumentRow, RunRecord, RunStatus, Store
 from pipeline.store.journal import Journal, recover
+from pipeline.tokens import get_counter
 from schemas import get_schema
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class Run:
         self.store = Store(cfg.output.root)
         self.schema = get_schema(cfg.task.schema_name)
         self.residency = Residency.from_config(cfg.corpus)
-        self.counter: TokenCounter = CharEstimate()
+        self.counter: TokenCounter = get_counter(cfg.chunking.counter)
         self.router = Router(endpoints_from_config(cfg))
         self.budget = BudgetGuard(cfg.budget.run_usd)
         self.progress = Progress(budget_usd=cfg.budget.run_usd)
@@ -310,6 +311,7 @@ class Run:
                 failed=p.failed,
                 skipped=p.skipped,
                 message=message,
+                token_counter=self.counter.name,
             )
         )
 

@@ -51,6 +51,7 @@ class RunRecord:
     failed: int = 0
     skipped: int = 0
     message: str | None = None
+    token_counter: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> RunRecord:

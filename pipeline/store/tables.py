@@ -55,6 +55,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("failed", _INT),
         ("skipped", _INT),
         ("message", _STR, True),
+        ("token_counter", _STR, True),
     ),
     "documents": _schema(
         ("run_id", _STR),
