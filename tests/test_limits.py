@@ -126,69 +126,18 @@ def test_concurrency_cap_holds() -> None:
 
 
 def test_a_failing_endpoint_cools_down_and_traffic_moves_on(simulator: Any) -> None:
-    from pydantic import SecretStr
-
-    spec = get_schema("chunk_summary")
-    providers, endpoints = {}, []
-    for i, (name, profile) in enumerate(
-        [("eu-down", EndpointProfile(rate_500=1.0)), ("eu-up", EndpointProfile())]
-    ):
-        url = simulator.add_endpoint(name, profile)
-        providers[name] = build_provider(
-            "openai",
-            EndpointSettings(
-                name=name,
-                base_url=url,
-                api_key=SecretStr("sk-test-0000"),
-                timeout_s=10,
-                strict_validation=True,
-            ),
-        )
-        endpoints.append(
-            Endpoint(
-                name,
-                "openai",
-                "eu",
-                f"m-{name}",
-                Price(0.1 * (i + 1), 0.4, 0.1, 128_000, 4096, "t"),
-                True,
-                i,
-            )
-        )
-
     async def no_sleep(_: float) -> None:
         return None
 
-    dispatcher = Dispatcher(
-        run_id="r",
-        router=Router(endpoints),
-        budget=BudgetGuard(10.0),
-        providers=providers,
-        schema=spec,
-        settings=DispatchSettings(
-            instructions=spec.instructions,
-            max_output_tokens=400,
-            concurrency=1,
-            retries_per_endpoint=1,
-            cooldown_after=4,
-            cooldown_s=600,
-        ),
+    dispatcher, providers = _dispatcher(
+        simulator,
+        [("eu-down", EndpointProfile(rate_500=1.0), 0.1), ("eu-up", EndpointProfile(), 0.2)],
         sleep=no_sleep,
+        retries_per_endpoint=1,
+        cooldown_after=4,
+        cooldown_s=600,
     )
-    text = "Nordhafen AG pays EUR 1,000 monthly under the services agreement of 3 March 2025."
-    chunks = [
-        Chunk(f"c{i}", "d", "eu/a.txt", i, 0, len(text), 30, text + f" Ref {i}.", ("eu",), "eu/**")
-        for i in range(10)
-    ]
-
-    async def go() -> Any:
-        try:
-            return await dispatcher.run_batch(chunks)
-        finally:
-            for p in providers.values():
-                await p.aclose()
-
-    out = asyncio.run(go())
+    out = _run_chunks(dispatcher, providers, 10)
     assert all(r.status == "succeeded" and r.provider == "eu-up" for r in out.results)
     # Two chunks spend 2 attempts each at eu-down, then it rests; the other eight skip it.
     assert len(simulator.requests("eu-down")) == 4
@@ -231,35 +180,32 @@ def test_drive_overlaps_batches_and_cancels_cleanly() -> None:
     assert started[:4] == ["b0", "b1", "b2", "b3"]
 
 
-def _two_endpoint_dispatcher(simulator: Any, prices: tuple[float, float]) -> tuple[Dispatcher, Any]:
+def _dispatcher(
+    simulator: Any,
+    specs: list[tuple[str, EndpointProfile, float]],
+    *,
+    gates: dict[str, EndpointGate] | None = None,
+    sleep: Any = asyncio.sleep,
+    **settings: Any,
+) -> tuple[Dispatcher, Any]:
+    """A dispatcher over simulated EU endpoints ``(name, profile, input price)``, one at a time."""
     from pydantic import SecretStr
 
     spec = get_schema("chunk_summary")
     providers, endpoints = {}, []
-    for i, name in enumerate(["eu-a", "eu-b"]):
-        url = simulator.add_endpoint(name, EndpointProfile())
-        providers[name] = build_provider(
-            "openai",
-            EndpointSettings(
-                name=name,
-                base_url=url,
-                api_key=SecretStr("sk-test-0000"),
-                timeout_s=10,
-                strict_validation=True,
-            ),
+    for i, (name, profile, price) in enumerate(specs):
+        url = simulator.add_endpoint(name, profile)
+        endpoint_settings = EndpointSettings(
+            name=name,
+            base_url=url,
+            api_key=SecretStr("sk-test-0000"),
+            timeout_s=10,
+            strict_validation=True,
         )
-        endpoints.append(
-            Endpoint(
-                name,
-                "openai",
-                "eu",
-                "gpt-4.1-mini",
-                Price(prices[i], 1.0, prices[i], 128_000, 4096, "t"),
-                True,
-                i,
-            )
-        )
-    gates = {name: EndpointGate(rpm=600) for name in providers}  # burst of 10, then 10/s
+        providers[name] = build_provider("openai", endpoint_settings)
+        price_row = Price(price, 1.0, price, 128_000, 4096, "t")
+        endpoints.append(Endpoint(name, "openai", "eu", "gpt-4.1-mini", price_row, True, i))
+    dispatch = {"max_output_tokens": 400, "concurrency": 1, "backoff_initial_s": 0.01} | settings
     dispatcher = Dispatcher(
         run_id="r",
         router=Router(endpoints),
@@ -267,11 +213,16 @@ def _two_endpoint_dispatcher(simulator: Any, prices: tuple[float, float]) -> tup
         providers=providers,
         schema=spec,
         gates=gates,
-        settings=DispatchSettings(
-            instructions=spec.instructions, max_output_tokens=400, concurrency=8
-        ),
+        sleep=sleep,
+        settings=DispatchSettings(instructions=spec.instructions, **dispatch),
     )
     return dispatcher, providers
+
+
+def _two_endpoint_dispatcher(simulator: Any, prices: tuple[float, float]) -> tuple[Dispatcher, Any]:
+    specs = [("eu-a", EndpointProfile(), prices[0]), ("eu-b", EndpointProfile(), prices[1])]
+    gates = {name: EndpointGate(rpm=600) for name, _, _ in specs}  # burst of 10, then 10/s
+    return _dispatcher(simulator, specs, gates=gates, concurrency=8)
 
 
 def _run_chunks(dispatcher: Dispatcher, providers: Any, n: int) -> Any:
@@ -307,40 +258,7 @@ def test_a_cheaper_endpoint_is_queued_for_not_bypassed(simulator: Any) -> None:
 
 
 def _single(simulator: Any, profile: EndpointProfile, **settings: Any) -> tuple[Dispatcher, Any]:
-    from pydantic import SecretStr
-
-    spec = get_schema("chunk_summary")
-    url = simulator.add_endpoint("only", profile)
-    providers = {
-        "only": build_provider(
-            "openai",
-            EndpointSettings(
-                name="only",
-                base_url=url,
-                api_key=SecretStr("sk-test-0000"),
-                timeout_s=10,
-                strict_validation=True,
-            ),
-        )
-    }
-    endpoint = Endpoint(
-        "only", "openai", "eu", "gpt-4.1-mini", Price(0.4, 1.6, 0.1, 128_000, 4096, "t"), True, 0
-    )
-    dispatcher = Dispatcher(
-        run_id="r",
-        router=Router([endpoint]),
-        budget=BudgetGuard(10.0),
-        providers=providers,
-        schema=spec,
-        settings=DispatchSettings(
-            instructions=spec.instructions,
-            max_output_tokens=400,
-            concurrency=1,
-            backoff_initial_s=0.01,
-            **settings,
-        ),
-    )
-    return dispatcher, providers
+    return _dispatcher(simulator, [("only", profile, 0.4)], **settings)
 
 
 def test_rate_limits_pause_but_never_cool_an_endpoint_down(simulator: Any) -> None:
