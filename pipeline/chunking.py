@@ -58,6 +58,7 @@ __all__ = [
     "TokenCounter",
     "WordCounting",
     "chunk_document",
+    "chunk_stream",
     "split_spans",
     "split_spans_stream",
 ]
@@ -187,7 +188,29 @@ def chunk_document(
     one document.
     """
     spans = split_spans(text, max_tokens=max_tokens, overlap_tokens=overlap_tokens, counter=counter)
-    return _chunks(doc, text, spans, tuple(regions), residency_rule, tuple(page_starts))
+    pairs = ((span, text[span.start : span.end]) for span in spans)
+    return _chunks(doc, pairs, tuple(regions), residency_rule, tuple(page_starts))
+
+
+def chunk_stream(
+    doc: Document,
+    blocks: Iterable[str],
+    *,
+    max_tokens: int,
+    overlap_tokens: int,
+    counter: TokenCounter,
+    regions: tuple[str, ...],
+    residency_rule: str,
+) -> Iterator[Chunk]:
+    """``chunk_document`` of ``"".join(blocks)``, in memory that does not grow with it.
+
+    Same chunks, same ids and offsets as the whole-string call, for documents too large
+    to hold (see ``pipeline.ingest.stream``).
+    """
+    pairs = split_spans_stream(
+        blocks, max_tokens=max_tokens, overlap_tokens=overlap_tokens, counter=counter
+    )
+    return _chunks(doc, pairs, tuple(regions), residency_rule, ())
 
 
 def pages_of(start: int, end: int, page_starts: Sequence[int]) -> tuple[int, ...]:
@@ -205,14 +228,12 @@ def pages_of(start: int, end: int, page_starts: Sequence[int]) -> tuple[int, ...
 
 def _chunks(
     doc: Document,
-    text: str,
-    spans: Iterator[Span],
+    pairs: Iterable[tuple[Span, str]],
     regions: tuple[str, ...],
     rule: str,
     page_starts: tuple[int, ...] = (),
 ) -> Iterator[Chunk]:
-    for index, span in enumerate(spans):
-        chunk_text = text[span.start : span.end]
+    for index, (span, chunk_text) in enumerate(pairs):
         yield Chunk(
             chunk_id=stable_id(doc.doc_id, span.start, chunk_text),
             doc_id=doc.doc_id,

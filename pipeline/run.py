@@ -22,12 +22,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.chunking import TokenCounter, chunk_document
+from pipeline.chunking import TokenCounter, chunk_document, chunk_stream
 from pipeline.config import Config
 from pipeline.dispatch import Dispatcher, DispatchSettings
 from pipeline.endpoints import Connections, connect
 from pipeline.errors import ConfigError
 from pipeline.ingest import DocumentError, discover, extract_many
+from pipeline.ingest.stream import open_text_stream, should_stream
 from pipeline.models import BatchOutcome, Chunk, Document, DocumentStatus
 from pipeline.policy import BudgetGuard, EndpointGate, Residency, Router, endpoints_from_config
 from pipeline.progress import Progress
@@ -167,9 +168,17 @@ class Run:
         c = self.cfg.corpus
         max_bytes = int(c.max_file_mb * 1024 * 1024)
         options = {"jsonl_text_field": c.jsonl.text_field, "jsonl_id_field": c.jsonl.id_field}
-        found = discover(c.path, c.include, c.exclude)
+        large: list[Document] = []  # streamed after the rest, never held whole
+
+        def whole() -> Iterator[Document]:
+            for doc in discover(c.path, c.include, c.exclude):
+                if should_stream(doc):
+                    large.append(doc)
+                else:
+                    yield doc
+
         for doc, extracted in extract_many(
-            found, max_bytes=max_bytes, workers=c.extract_workers, options=options
+            whole(), max_bytes=max_bytes, workers=c.extract_workers, options=options
         ):
             if isinstance(extracted, DocumentError):
                 row = self._doc_row(
@@ -194,6 +203,35 @@ class Run:
                 doc, "ok", encoding=extracted.encoding, note=extracted.note, chunks=len(chunks)
             )
             yield from chunks
+
+        for doc in large:
+            yield from self._streamed(doc, max_bytes)
+
+    def _streamed(self, doc: Document, max_bytes: int) -> Iterator[Chunk | DocumentRow]:
+        """A large plain-text document's chunks, read in blocks; then its row."""
+        try:
+            stream = open_text_stream(doc, max_bytes=max_bytes)
+        except DocumentError as exc:
+            yield self._doc_row(doc, "error", reason=exc.reason, message=exc.message)
+            return
+        decision = self.residency.decide(doc.path)
+        count = 0
+        for chunk in chunk_stream(
+            doc,
+            stream.blocks(),
+            max_tokens=self.cfg.chunking.max_tokens,
+            overlap_tokens=self.cfg.chunking.overlap_tokens,
+            counter=self.counter,
+            regions=decision.regions,
+            residency_rule=decision.rule,
+        ):
+            count += 1
+            yield chunk
+        if count == 0:
+            message = f"{doc.path}: no text, only whitespace ({doc.size_bytes} bytes)"
+            yield self._doc_row(doc, "error", reason="empty", message=message)
+            return
+        yield self._doc_row(doc, "ok", encoding=stream.encoding, note=stream.note, chunks=count)
 
     def rerun_chunks(self, parent_run_id: str, statuses: Sequence[str]) -> Iterator[Chunk]:
         """The parent run's chunks whose result has one of ``statuses``, with today's residency."""

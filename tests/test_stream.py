@@ -1,0 +1,149 @@
+"""Large plain-text documents are streamed: the same chunks as read whole, in flat memory."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+import pipeline.ingest.stream as stream
+from pipeline.chunking import CharEstimate, chunk_document, chunk_stream
+from pipeline.config import Config
+from pipeline.endpoints import Connections
+from pipeline.ingest import DocumentError, extract_text
+from pipeline.models import Document
+from pipeline.run import Run
+from pipeline.store import DocumentRow
+
+TEXT = (
+    "## Clause {i}\n\nThe supplier — Nordhafen AG, Zürich office — delivers within 30 days. "
+    "Fees are €{i},000 per quarter; late payment accrues 4 % interest.\n\n"
+)
+
+
+def _doc(path: Path) -> Document:
+    return Document.at(path.parent, path, path.stat().st_size)
+
+
+def _write(path: Path, n: int, encoding: str = "utf-8") -> str:
+    text = "".join(TEXT.format(i=i) for i in range(n))
+    path.write_bytes(text.encode(encoding))
+    return text
+
+
+def _kw() -> dict[str, object]:
+    return {
+        "max_tokens": 120,
+        "overlap_tokens": 16,
+        "counter": CharEstimate(),
+        "regions": ("eu",),
+        "residency_rule": "eu/**",
+    }
+
+
+def test_streamed_chunks_equal_whole_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        stream, "BLOCK_BYTES", 4099
+    )  # odd: multibyte characters split across blocks
+    path = tmp_path / "big.md"
+    text = _write(path, 3000)
+    doc = _doc(path)
+    opened = stream.open_text_stream(doc, max_bytes=10**9)
+    assert opened.encoding == "utf-8" and opened.note is None
+    assert "".join(opened.blocks()) == text
+    streamed = list(chunk_stream(doc, opened.blocks(), **_kw()))  # type: ignore[arg-type]
+    whole = list(chunk_document(doc, text, **_kw()))  # type: ignore[arg-type]
+    assert streamed == whole and len(whole) > 100
+
+
+def test_a_late_invalid_byte_settles_the_encoding_before_any_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.txt"
+    _write(path, 2000, encoding="utf-8")
+    with path.open("ab") as f:
+        f.write("Caf\xe9 in M\xfcnchen.".encode("cp1252"))
+    doc = _doc(path)
+    opened = stream.open_text_stream(doc, max_bytes=10**9)
+    assert opened.encoding == "cp1252"
+    assert opened.note and opened.note.startswith("invalid UTF-8 at byte ")
+    assert "".join(opened.blocks()) == extract_text(doc, max_bytes=10**9).text
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "empty"),
+        (b"\x1f\x8b\x08rest", "binary"),
+        (b"text\x00more", "binary"),
+    ],
+)
+def test_bad_large_files_are_refused_like_small_ones(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    with pytest.raises(DocumentError) as info:
+        stream.open_text_stream(_doc(path), max_bytes=10**9)
+    assert info.value.reason == reason and "bad.txt" in info.value.message
+
+
+def test_too_large_is_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "huge.txt"
+    _write(path, 10)
+    with pytest.raises(DocumentError, match="over the 10-byte limit"):
+        stream.open_text_stream(_doc(path), max_bytes=10)
+
+
+def test_memory_stays_flat_on_a_large_document(tmp_path: Path) -> None:
+    path = tmp_path / "forty.txt"
+    text = _write(path, 1)
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(250_000):  # ~40 MB
+            f.write(TEXT.format(i=i))
+    del text
+    doc = _doc(path)
+    opened = stream.open_text_stream(doc, max_bytes=10**9)
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in chunk_stream(doc, opened.blocks(), **_kw()))  # type: ignore[arg-type]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count > 100_000
+    assert peak < 16 * 1024 * 1024, (
+        f"peak {peak / 2**20:.1f} MiB for a {path.stat().st_size / 2**20:.0f} MiB file"
+    )
+
+
+def test_a_run_streams_large_files_and_reads_the_rest_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream, "STREAM_ABOVE_BYTES", 50_000)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    _write(corpus / "large.txt", 1000)
+    _write(corpus / "small.md", 3)
+    (corpus / "blank.txt").write_text(" \n" * 40_000)
+    cfg = Config.model_validate(
+        {
+            "corpus": {"path": str(corpus), "residency_default": ["eu"]},
+            "task": {"schema": "chunk_summary"},
+            "chunking": {"max_tokens": 200, "overlap_tokens": 10, "counter": "chars/4"},
+            "budget": {"run_usd": 1},
+            "providers": [
+                {"name": "p", "kind": "openai", "region": "eu", "models": [{"id": "gpt-4.1-mini"}]}
+            ],
+            "output": {"root": str(tmp_path / "out")},
+        }
+    )
+    run = Run(cfg, run_id="r1", flow="test", conn=Connections())
+    items = list(run.corpus_chunks())
+    rows = {i.path: i for i in items if isinstance(i, DocumentRow)}
+    assert (rows["large.txt"].status, rows["small.md"].status) == ("ok", "ok")
+    assert (rows["blank.txt"].status, rows["blank.txt"].reason) == ("error", "empty")
+    large_chunks = [i for i in items if not isinstance(i, DocumentRow) and i.path == "large.txt"]
+    assert rows["large.txt"].chunks == len(large_chunks) > 10
+    text = (corpus / "large.txt").read_text(encoding="utf-8")
+    assert all(text[c.char_start : c.char_end] == c.text for c in large_chunks)
