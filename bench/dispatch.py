@@ -220,7 +220,7 @@ def main() -> None:
     unknown = [name for name in args.scenario if name not in scenarios]
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r}; expected one of: {', '.join(scenarios)}")
-    os.environ[KEY_ENV] = "sk-bench-not-a-real-key"
+    os.environ[KEY_ENV] = "bench-not-a-real-key"
     print(json.dumps({"machine": machine()}), flush=True)
     for name in args.scenario or scenarios:
         tmp = Path(tempfile.mkdtemp(prefix=f"docroute-bench-{name}-"))

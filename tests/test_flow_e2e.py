@@ -214,12 +214,13 @@ def test_api_keys_never_reach_data_logs_or_artifacts(
 ) -> None:
     from pipeline.simulator import EndpointProfile
 
-    secret = "sk-live-Zq8T4nW2vR7yK1mP9sXc3L"
+    secret = "live-secret-Zq8T4nW2vR7yK1mP9sXc3L"
     monkeypatch.setenv("DOCROUTE_TEST_EU_KEY", secret)
     monkeypatch.setenv("DOCROUTE_SIMULATOR_URL", simulator.url)
     # A careless endpoint that rejects the key and echoes it back in full.
     leaky = simulator.add_endpoint(
-        "leaky-eu", EndpointProfile(api_key="sk-something-else-entirely", echo_key_in_errors=True)
+        "leaky-eu",
+        EndpointProfile(api_key="expected-secret-something-else", echo_key_in_errors=True),
     )
     data = sample_config_data()
     data["providers"].insert(
@@ -274,7 +275,7 @@ def simulator_last_auth_message(simulator: Any, base_url: str) -> str:
     import openai
 
     client = openai.OpenAI(
-        api_key="sk-live-Zq8T4nW2vR7yK1mP9sXc3L", base_url=base_url, max_retries=0
+        api_key="live-secret-Zq8T4nW2vR7yK1mP9sXc3L", base_url=base_url, max_retries=0
     )
     try:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
