@@ -139,6 +139,23 @@ FAULTS: dict[str, tuple[str, str]] = {
     "bad_request": ("bad_request", "reroute"),
 }
 
+#: The HTTP status each fault is ledgered with (``None``: no response arrived). A billed
+#: 200 answer that failed validation (truncated, schema-invalid, refused, or a prose
+#: refusal where the wire has no refusal field) keeps its 200. Anthropic overrides
+#: ``overloaded`` with its own 529.
+STATUS: dict[str, int | None] = {
+    "rate_limited": 429,
+    "server_error": 500,
+    "overloaded": 503,
+    "timeout": None,
+    "dropped": None,  # connection_error, not timeout, even through aiohttp (errmap.timed_out)
+    "truncated": 200,
+    "invalid": 200,
+    "refusal": 200,
+    "auth": 401,
+    "bad_request": 400,
+}
+
 
 def run_fault(
     simulator: Any,

@@ -25,6 +25,7 @@ from pipeline.simulator import EndpointProfile
 from schemas import get_schema
 from tests.test_providers_common import (
     FAULTS,
+    STATUS,
     TEXT,
     Harness,
     Spec,
@@ -33,20 +34,6 @@ from tests.test_providers_common import (
     check_success,
     run_fault,
 )
-
-STATUS = {
-    "rate_limited": 429,
-    "server_error": 500,
-    "overloaded": 503,
-    "timeout": None,
-    "dropped": None,
-    # a billed 200 answer that failed validation keeps its status in the ledger
-    "truncated": 200,
-    "invalid": 200,
-    "refusal": 200,  # Gemini has no refusal field: prose instead of JSON, repaired
-    "auth": 401,
-    "bad_request": 400,
-}
 
 
 def _settings(url: str | None, key: str = "AIza-test-key") -> EndpointSettings:

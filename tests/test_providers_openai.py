@@ -10,6 +10,7 @@ import pytest
 from pipeline.simulator import EndpointProfile
 from tests.test_providers_common import (
     FAULTS,
+    STATUS,
     Harness,
     Spec,
     check_fail,
@@ -17,19 +18,6 @@ from tests.test_providers_common import (
     check_success,
     run_fault,
 )
-
-STATUS = {
-    "rate_limited": 429,
-    "server_error": 500,
-    "overloaded": 503,
-    "timeout": None,
-    "dropped": None,  # reported as connection_error, not timeout (see errmap.timed_out)
-    "truncated": 200,
-    "invalid": 200,
-    "refusal": 200,  # message.refusal set: invalid_output, repaired
-    "auth": 401,
-    "bad_request": 400,
-}
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))

