@@ -17,10 +17,9 @@ What it promises, for any ``TokenCounter``:
   earlier span, so the walk keeps moving), starting at a word when there is one;
 - time is linear in ``len(text)``: each span looks only at its own window.
 
-How one span is cut: guess a window of ``max_tokens`` worth of characters from the
-characters-per-token measured on the last window, count it, grow or shrink it until it
-fits (so any counter's limit holds, not only the estimate's), then end the span at the
-best break in the window's second half, in this order of preference:
+How one span is cut: find the longest window from its start that the counter allows,
+then end the span at the best break in the window's second half, in this order of
+preference:
 
 1. a blank line, or the line before a markdown heading (but never the blank line right
    after a heading: a heading stays with its section);
@@ -29,20 +28,30 @@ best break in the window's second half, in this order of preference:
 4. whitespace;
 
 and only when the window has no whitespace at all, cut it hard. Breaks in the first half
-are passed over so spans stay near the limit instead of a line or two long.
+are passed over so spans stay near the limit instead of a line or two long. The breaks
+are searched from the window's end backwards, so a span costs about the length of its
+last line, not of its window.
 
-A ``WordCounting`` counter (``pipeline.tokens.TiktokenCounter``) is asked once per span,
-word by word over a window a quarter longer than the guess; the counts of whole words add
-up to the exact count of any prefix, so the limit and the best break come out of one
-pass, and only a span's last partial word is counted again. No window is longer than
-``_MAX_CHARS_PER_TOKEN`` characters per allowed token, which is what lets
-``split_spans_stream`` hold only a window of a long document and still give the spans
-``split_spans`` gives for the whole string.
+The window is found the quickest way the counter allows:
+
+- a ``LengthCounting`` counter (``CharEstimate``) counts by length alone, so the window
+  is as long as the limit allows, worked out once per call: no counting per span;
+- a ``WordCounting`` counter (``pipeline.tokens.TiktokenCounter``) counts the document's
+  words once each, as far as the current window reaches; the counts of whole words add
+  up to the exact count of any prefix, so a span is a bisect over running sums, and only
+  its partial first and last words are counted apart;
+- any other counter: guess a window from the characters per token measured on the last
+  one, count it, and grow or shrink it until it fits (so any counter's limit holds).
+
+No window is longer than ``_MAX_CHARS_PER_TOKEN`` characters per allowed token, which is
+what lets ``split_spans_stream`` hold only a window of a long document and still give the
+spans ``split_spans`` gives for the whole string.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -54,6 +63,7 @@ from pipeline.models import Chunk, Document, stable_id
 
 __all__ = [
     "CharEstimate",
+    "LengthCounting",
     "Span",
     "TokenCounter",
     "WordCounting",
@@ -83,6 +93,13 @@ class WordCounting(TokenCounter, Protocol):
     def count_words(self, words: list[str]) -> list[int]: ...
 
 
+class LengthCounting(TokenCounter, Protocol):
+    """A counter whose count depends on the text's length alone, never less for a longer
+    text: ``count(text) == count_length(len(text))``. The chunker then counts nothing."""
+
+    def count_length(self, length: int) -> int: ...
+
+
 class CharEstimate:
     """Offline estimate: one token per ``chars_per_token`` characters (4), rounded up.
 
@@ -99,7 +116,10 @@ class CharEstimate:
         self.name = f"chars/{chars_per_token:g}"
 
     def count(self, text: str) -> int:
-        return math.ceil(len(text) / self.chars_per_token)
+        return self.count_length(len(text))
+
+    def count_length(self, length: int) -> int:
+        return math.ceil(length / self.chars_per_token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,16 +133,21 @@ class Span:
 
 _NON_SPACE = re.compile(r"\S")
 _WORD_START = re.compile(r"(?<=\s)\S")
-_PARAGRAPH = re.compile(r"\n[^\S\n]*\n|\n(?=#{1,6}[ \t])")  # blank line, or a heading's line
+_PARAGRAPH = re.compile(r"\n(?:[^\S\n]*\n|(?=#{1,6}[ \t]))")  # blank line, or a heading's line
 _SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s)")
-_SPACE = re.compile(r"\s+")
+# The last match in text[pos:endpos]: ``.*`` jumps to the end and backs off from there
+# (quickest when what follows starts with a literal character).
+_LAST_PARAGRAPH = re.compile(rf"(?s:.*){_PARAGRAPH.pattern}")
+_LAST_SENTENCE_END = re.compile(rf"(?s:.*){_SENTENCE_END.pattern}")
+_LAST_SPACE = re.compile(r"(?s:.*)\s")
+_LAST_NON_SPACE = re.compile(r"(?s:.*)\S")
 _HEADING = re.compile(r" {0,3}#{1,6}[ \t]")
 _HEADING_MAX_CHARS = 300
 
 # Words: cut before a space that follows a non-space, or a newline when the spaces it
 # starts lead to a non-space (an indented line); tiktoken never joins across either.
 _WORDS = re.compile(r"[\s\S][^ ]*(?:(?:(?<=[^\S\r\n]) +|(?<=[\r\n]) +(?![^\S\r\n]*\S))[^ ]*)*")
-_WORD_WINDOW = 1.25  # the word path counts this much more than a span's guessed length
+_FORGET_WORDS = 4096  # words indexed before a span's start that make it compact the index
 
 _FIRST_CHARS_PER_TOKEN = 4.0
 _MAX_CHARS_PER_TOKEN = 64  # a window is at most this many characters per allowed token
@@ -144,7 +169,7 @@ def split_spans(
     [(0, 4), (5, 9)]
     """
     _check_limits(max_tokens, overlap_tokens)
-    return _spans(_Buffer((text,)), max_tokens, overlap_tokens, counter)
+    return _spans(_Buffer.whole(text), max_tokens, overlap_tokens, counter)
 
 
 def split_spans_stream(
@@ -273,6 +298,13 @@ class _Buffer:
     def __init__(self, blocks: Iterable[str]) -> None:
         self.blocks, self.text, self.base, self.eof = iter(blocks), "", 0, False
 
+    @classmethod
+    def whole(cls, text: str) -> _Buffer:
+        """A buffer that holds all of ``text`` already."""
+        buf = cls(())
+        buf.text, buf.eof = text, True
+        return buf
+
     def ensure(self, reach: int, keep: int) -> None:
         if self.eof or self.base + len(self.text) >= reach:
             return
@@ -304,94 +336,190 @@ def _spans(
     buf: _Buffer, max_tokens: int, overlap_tokens: int, counter: TokenCounter
 ) -> Iterator[Span]:
     """The engine; every offset here is the document's, ``buf`` maps them to its text."""
-    buf.ensure(_READ_AHEAD, 0)
+    cut = _cutter(counter, max_tokens)
+    if not buf.eof:
+        buf.ensure(_READ_AHEAD, 0)
     start = buf.non_space(0, 0)
     if start is None:
         return
-    prev_end, following, cpt = 0, start, _FIRST_CHARS_PER_TOKEN
-    reach = max_tokens * _MAX_CHARS_PER_TOKEN + 2  # no window is longer, see _next_span
+    prev_end, following = 0, start
+    reach = max_tokens * _MAX_CHARS_PER_TOKEN + 2  # no window is longer, see _Fitting
     while True:
-        buf.ensure(start + reach, start - _LOOKBACK)
-        span, cpt = _next_span(buf, start, prev_end, max_tokens, counter, cpt)
+        if not buf.eof:
+            buf.ensure(start + reach, start - _LOOKBACK)
+        span = cut(buf, start, prev_end)
         if span.end <= prev_end:  # inside the previous span: drop the overlap this once
             buf.ensure(following + reach, following - _LOOKBACK)
-            span, cpt = _next_span(buf, following, prev_end, max_tokens, counter, cpt)
+            span = cut(buf, following, prev_end)
         yield span
-        shared = _overlap_start(buf, span, overlap_tokens) if overlap_tokens else None
-        keep = span.end if shared is None else shared  # a long blank run is kept only here
+        keep = span.start if overlap_tokens else span.end  # a long blank run is kept only here
         after = buf.non_space(span.end, keep - _LOOKBACK)
         if after is None:
             return
+        shared = _overlap_start(buf, span, overlap_tokens) if overlap_tokens else None
         following, prev_end = after, span.end
         start = following if shared is None else shared
 
 
-def _next_span(
-    buf: _Buffer, start: int, must_pass: int, max_tokens: int, counter: TokenCounter, cpt: float
-) -> tuple[Span, float]:
-    """The span starting at ``start`` (non-whitespace), and the chars-per-token measured.
+_Cut = Callable[[_Buffer, int, int], Span]
 
-    Its end should lie beyond ``must_pass`` (the previous span's end) when the window
-    allows. The window is at most ``_MAX_CHARS_PER_TOKEN`` characters per token long, so
-    the buffer need hold no more. The loop only repeats for a counter that can count a
-    prefix higher than the whole window; each round looks below the last end, so it stops.
-    """
-    text, base = buf.text, buf.base
-    local, must = start - base, must_pass - base
-    stop = min(len(text), local + max_tokens * _MAX_CHARS_PER_TOKEN)
+
+def _cutter(counter: TokenCounter, max_tokens: int) -> _Cut:
+    """How to cut the span at a start (non-whitespace) whose end should pass an offset:
+    the quickest way ``counter`` allows."""
+    count_length = getattr(counter, "count_length", None)
+    if count_length is not None and (by_length := _by_length(count_length, max_tokens)):
+        return by_length
+    fitting = _Fitting(max_tokens, counter)
     count_words = getattr(counter, "count_words", None)
     if count_words is not None:
-        fast = _word_span(text, local, must, max_tokens, count_words, cpt, stop, buf.eof)
-        if fast is not None:
-            span, cpt = fast
-            return Span(span.start + base, span.end + base, span.tokens), cpt
-    hi, tokens = _fit(text, local, max_tokens, counter, cpt, stop)
-    cpt = (hi - local) / max(tokens, 1)
-    while True:
-        cut = hi if hi == len(text) else _best_break(text, local, hi, must)
-        end = local + len(text[local:cut].rstrip())
-        if end != hi:
-            tokens = counter.count(text[local:end])
-        if tokens <= max_tokens:
-            return Span(start, end + base, tokens), cpt
-        hi, tokens = _shrink(text, local, end, tokens, max_tokens, counter)
+        return _ByWords(max_tokens, count_words, fitting).span
+    return fitting.span
 
 
-def _word_span(
-    text: str,
-    start: int,
-    must_pass: int,
-    max_tokens: int,
-    count_words: Callable[[list[str]], list[int]],
-    cpt: float,
-    stop: int,
-    eof: bool,
-) -> tuple[Span, float] | None:
-    """The span at ``start`` counted once, word by word, for a counter whose counts add up
-    over words split before a space that follows a non-space (``WordCounting``).
+@functools.lru_cache(maxsize=64)
+def _by_length(count_length: Callable[[int], int], max_tokens: int) -> _Cut | None:
+    """``_ByLength``'s cutter, made once per counter and limit (documents are often short)."""
+    window = _longest(max_tokens, count_length)
+    return _ByLength(window, count_length).span if window > 0 else None
 
-    ``None`` when the window guessed from ``cpt`` turns out too short or a word alone is
-    over the limit: the general path takes over.
+
+def _longest(max_tokens: int, count_length: Callable[[int], int]) -> int:
+    """The longest length, up to ``_MAX_CHARS_PER_TOKEN`` per token, that counts at most
+    ``max_tokens`` (0 when one character counts more)."""
+    lo, hi = 0, max_tokens * _MAX_CHARS_PER_TOKEN
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if count_length(mid) <= max_tokens else (lo, mid - 1)
+    return lo
+
+
+class _ByLength:
+    """Spans for a ``LengthCounting`` counter: every window is as long as the limit
+    allows, so a span is a search for its best break and no counting."""
+
+    def __init__(self, window: int, count_length: Callable[[int], int]) -> None:
+        self.window, self.count_length = window, count_length
+
+    def span(self, buf: _Buffer, start: int, must_pass: int) -> Span:
+        text, base = buf.text, buf.base
+        local = start - base
+        hi = min(len(text), local + self.window)
+        cut = hi if hi == len(text) else _best_break(text, local, hi, must_pass - base)
+        end = _trimmed(text, local, cut)
+        return Span(start, end + base, self.count_length(end - local))
+
+
+class _Fitting:
+    """Spans for any counter: guess a window from the characters per token measured on
+    the last one, count it, grow or shrink it until it fits, then cut at its best break.
+
+    The window is at most ``_MAX_CHARS_PER_TOKEN`` characters per token long, so the
+    buffer need hold no more. The loop in ``span`` only repeats for a counter that can
+    count a prefix higher than the whole window; each round looks below the last end, so
+    it stops.
     """
-    hi = min(stop, start + int(max_tokens * cpt * _WORD_WINDOW) + 16)
-    words = _WORDS.findall(text, start, hi)
-    if hi < len(text) or not eof:
-        words.pop()  # the last word may go on past the window
-    counts = list(accumulate(count_words(words)))
-    ends = list(accumulate(map(len, words), initial=start))
-    fit = bisect.bisect_right(counts, max_tokens)
-    if fit == 0 or (fit == len(words) and hi < len(text)):
-        return None
-    limit = ends[fit]
-    cut = limit if limit == len(text) and eof else _best_break(text, start, limit, must_pass)
-    end = start + len(text[start:cut].rstrip())
-    whole = bisect.bisect_right(ends, end) - 1  # words wholly inside the span
-    tokens = counts[whole - 1] if whole else 0
-    if ends[whole] < end:
-        tokens += sum(count_words([text[ends[whole] : end]]))
-    if tokens > max_tokens:
-        return None
-    return Span(start, end, tokens), (ends[-1] - start) / max(counts[-1], 1)
+
+    def __init__(self, max_tokens: int, counter: TokenCounter) -> None:
+        self.max_tokens, self.counter, self.cpt = max_tokens, counter, _FIRST_CHARS_PER_TOKEN
+
+    def span(self, buf: _Buffer, start: int, must_pass: int) -> Span:
+        text, base, max_tokens, counter = buf.text, buf.base, self.max_tokens, self.counter
+        local, must = start - base, must_pass - base
+        stop = min(len(text), local + max_tokens * _MAX_CHARS_PER_TOKEN)
+        hi, tokens = _fit(text, local, max_tokens, counter, self.cpt, stop)
+        self.cpt = (hi - local) / max(tokens, 1)
+        while True:
+            cut = hi if hi == len(text) else _best_break(text, local, hi, must)
+            end = _trimmed(text, local, cut)
+            if end != hi:
+                tokens = counter.count(text[local:end])
+            if tokens <= max_tokens:
+                return Span(start, end + base, tokens)
+            hi, tokens = _shrink(text, local, end, tokens, max_tokens, counter)
+
+
+class _ByWords:
+    """Spans for a ``WordCounting`` counter, from the document's words counted once.
+
+    ``ends`` and ``sums`` index the words from about the current span on: word ``i`` is
+    ``text[ends[i]:ends[i + 1]]`` (document offsets) and ``sums[i]`` the tokens before
+    it. A span is then two bisects (the last word that fits, the best break before it);
+    only its partial first and last words are counted apart. The words are found as far
+    as the span's window (``_MAX_CHARS_PER_TOKEN`` characters per token) and no further,
+    so a stream finds the same words as the whole string. When no whole word fits, or
+    the window's words all fit short of the document's end, ``_Fitting`` cuts the span.
+    """
+
+    def __init__(
+        self, max_tokens: int, count_words: Callable[[list[str]], list[int]], fitting: _Fitting
+    ) -> None:
+        self.max_tokens, self.count_words, self.fitting = max_tokens, count_words, fitting
+        self.ends: list[int] = []
+        self.sums: list[int] = []
+        self.at_end = False  # the last word ends the document
+
+    def span(self, buf: _Buffer, start: int, must_pass: int) -> Span:
+        found = self._span(buf, start, must_pass)
+        return found if found is not None else self.fitting.span(buf, start, must_pass)
+
+    def _span(self, buf: _Buffer, start: int, must_pass: int) -> Span | None:
+        text, base, max_tokens = buf.text, buf.base, self.max_tokens
+        stop = min(base + len(text), start + max_tokens * _MAX_CHARS_PER_TOKEN)
+        i = self._word_at(start)
+        ends, sums = self.ends, self.sums
+        if ends[i] == start:
+            zero = sums[i]  # tokens of text[start:ends[j]] are sums[j] - zero, j > i
+        else:
+            zero = sums[i + 1] - self.count_words([text[start - base : ends[i + 1] - base]])[0]
+        while sums[-1] - zero <= max_tokens and self._find_words(buf, stop):
+            pass
+        fit = bisect.bisect_right(sums, zero + max_tokens, i + 1) - 1
+        if fit <= i or (fit == len(ends) - 1 and not self.at_end):
+            return None
+        limit, local = ends[fit] - base, start - base
+        ends_text = self.at_end and fit == len(ends) - 1
+        cut = limit if ends_text else _best_break(text, local, limit, must_pass - base)
+        end = _trimmed(text, local, cut)
+        whole = bisect.bisect_right(ends, end + base, i) - 1  # words wholly in the span
+        head, tokens = (ends[whole] - base, sums[whole] - zero) if whole > i else (local, 0)
+        if head < end:
+            tokens += self.count_words([text[head:end]])[0]
+        if tokens > max_tokens:
+            return None
+        self.fitting.cpt = (limit - local) / max(sums[fit] - zero, 1)
+        return Span(start, end + base, tokens)
+
+    def _word_at(self, start: int) -> int:
+        """The index of the word holding ``start``; words before it are forgotten."""
+        ends, sums = self.ends, self.sums
+        if not ends or not ends[0] <= start < ends[-1]:
+            ends[:], sums[:], self.at_end = [start], [0], False
+            return 0
+        i = bisect.bisect_right(ends, start) - 1
+        if i > _FORGET_WORDS:
+            del ends[:i], sums[:i]
+            return 0
+        return i
+
+    def _find_words(self, buf: _Buffer, stop: int) -> bool:
+        """Index the words after the last one up to ``stop``; whether any were found."""
+        text, base = buf.text, buf.base
+        at = self.ends[-1]
+        if self.at_end or at >= stop:
+            return False
+        words = _WORDS.findall(text, at - base, stop - base)
+        self.at_end = stop - base == len(text) and buf.eof
+        if not self.at_end:
+            words.pop()  # the last word may go on past ``stop``
+        if not words:
+            return False
+        lengths, counts = list(map(len, words)), self.count_words(words)
+        lengths[0] += at
+        counts[0] += self.sums[-1]
+        self.ends += accumulate(lengths)
+        self.sums += accumulate(counts)
+        return True
 
 
 def _fit(
@@ -433,27 +561,52 @@ def _shrink(
 
 
 def _best_break(text: str, start: int, hi: int, must_pass: int) -> int:
-    """Where to end the span in ``text[start:hi]``, before trailing whitespace is trimmed.
+    """Where to end the span in ``text[start:hi]``, before trailing whitespace is trimmed
+    (any place in the chosen blank run: the span ends where the run starts).
 
     Looks in the window's second half (and past ``must_pass``) for the most preferred kind
     of break; ``text[hi]`` counts too, so a window ending just before a space ends there.
     """
     stop = min(len(text), hi + 1)
     lo = max(start + (hi - start) // 2, must_pass + 1)
-    for find in (_last_paragraph, _last_newline, _last_sentence_end, _last_space):
-        cut = find(text, lo, stop)
-        if cut > start:
-            return cut
-    cut = _last_space(text, max(start, must_pass) + 1, lo)  # a short span beats a cut word
+    cut = _last_paragraph(text, lo, stop)
+    if cut <= start:
+        cut = text.rfind("\n", lo, stop)
+    if cut <= start:
+        cut = _last_sentence_end(text, lo, stop)
+    if cut <= start:
+        cut = _last_space(text, lo, stop)
+    if cut <= start:
+        cut = _last_space(text, max(start, must_pass) + 1, lo)  # a short span beats a cut word
     return cut if cut > start else hi
 
 
 def _last_paragraph(text: str, lo: int, stop: int) -> int:
-    last = -1
-    for m in _PARAGRAPH.finditer(text, lo, stop):
-        if not _ends_a_heading(text, m.start()):  # a heading stays with its section
-            last = m.start()
-    return last
+    """A place in the last blank run of ``text[lo:stop]`` that holds a match of
+    ``_PARAGRAPH.finditer(text, lo, stop)`` not ending a heading (-1 if none does).
+
+    Searched from the end, one blank run at a time: a match is all whitespace, so the
+    matches in a run are those ``finditer`` finds from the run's start, and only the
+    first of them can end a heading's line.
+    """
+    before = stop
+    while (hit := _LAST_PARAGRAPH.match(text, lo, min(stop, before + 1))) is not None:
+        found = _LAST_NON_SPACE.match(text, lo, hit.end() - 1)
+        run = found.end() if found else lo  # where the blank run holding the match starts
+        if not _ends_a_heading(text, run):
+            return hit.end() - 1
+        # no match in the run goes past this one, nor looks further on than "######\t"
+        matches = _PARAGRAPH.finditer(text, run, min(stop, before + 1, hit.end() + 7))
+        if sum(1 for _ in matches) > 1:  # a heading stays with its section
+            return hit.end() - 1
+        before = run
+    return -1
+
+
+def _trimmed(text: str, start: int, cut: int) -> int:
+    """Where ``text[start:cut]`` ends once its trailing whitespace is cut off."""
+    found = _LAST_NON_SPACE.match(text, start, cut)
+    return found.end() if found else start
 
 
 def _ends_a_heading(text: str, at: int) -> bool:
@@ -464,22 +617,17 @@ def _ends_a_heading(text: str, at: int) -> bool:
     return _HEADING.match(text, line) is not None
 
 
-def _last_newline(text: str, lo: int, stop: int) -> int:
-    return text.rfind("\n", lo, stop)
-
-
 def _last_sentence_end(text: str, lo: int, stop: int) -> int:
-    last = -1
-    for m in _SENTENCE_END.finditer(text, lo, stop):
-        last = m.end()
-    return last
+    """The end of the last ``_SENTENCE_END`` in ``text[lo:stop]`` (a match ends at the
+    first whitespace after its start, so the last start gives the last end)."""
+    found = _LAST_SENTENCE_END.match(text, lo, stop)
+    return found.end() if found else -1
 
 
 def _last_space(text: str, lo: int, stop: int) -> int:
-    last = -1
-    for m in _SPACE.finditer(text, lo, stop):
-        last = m.start()
-    return last
+    """The last whitespace in ``text[lo:stop]``, or -1."""
+    found = _LAST_SPACE.match(text, lo, stop)
+    return found.end() - 1 if found else -1
 
 
 def _overlap_start(buf: _Buffer, span: Span, overlap_tokens: int) -> int | None:

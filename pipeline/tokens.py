@@ -32,6 +32,7 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import filterfalse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,6 +86,7 @@ class TiktokenCounter:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
         self.name = f"tiktoken:{encoding}"
         self.encoding = _load(encoding, find_file(encoding))
+        self._encode = self.encoding._core_bpe.encode_ordinary
         self._known: dict[str, int] = {}
 
     def count(self, text: str) -> int:
@@ -93,13 +95,19 @@ class TiktokenCounter:
     def count_words(self, words: list[str]) -> list[int]:
         """Each word's count, remembered (English repeats its words): see ``WordCounting``."""
         known = self._known
-        if len(known) > _KNOWN_WORDS:
-            known.clear()
-        new = {w for w in words if w not in known}
+        new = set(filterfalse(known.__contains__, words))
         if new:
-            encode = self.encoding.encode_ordinary
-            known.update((w, len(encode(w))) for w in new)
+            if len(known) + len(new) > _KNOWN_WORDS:
+                known.clear()
+                new = set(words)
+            known.update(zip(new, map(self._count_word, new), strict=True))
         return list(map(known.__getitem__, words))
+
+    def _count_word(self, word: str) -> int:
+        try:  # tiktoken's own call, less its wrapper (which only handles this error)
+            return len(self._encode(word))
+        except UnicodeEncodeError:  # a lone surrogate: tiktoken's wrapper replaces it
+            return self.count(word)
 
 
 def get_counter(name: str) -> TokenCounter:

@@ -11,7 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.chunking import CharEstimate, Span, chunk_document, split_spans
+from pipeline.chunking import (
+    CharEstimate,
+    Span,
+    _best_break,
+    _ends_a_heading,
+    _trimmed,
+    chunk_document,
+    split_spans,
+)
 from pipeline.models import Document, stable_id
 
 CHARS = CharEstimate()
@@ -351,3 +359,61 @@ def test_sentence_regex_needs_whitespace_after_the_stop() -> None:
     text = FILL[:60] + "pi is 3.14159 and v1.2.3 words " + FILL
     first = pieces(text, spans_of(text, 25))[0]
     assert not re.search(r"3\.$|v1\.$", first)
+
+
+# ── the backward break search equals a forward scan ───────────────────────────────────
+
+
+def _forward_break(text: str, start: int, hi: int, must_pass: int) -> int:
+    """The chunker's break rules as plain forward scans: the last match of each kind."""
+    stop, lo = min(len(text), hi + 1), max(start + (hi - start) // 2, must_pass + 1)
+
+    def last(pattern: str, lo: int, stop: int, end: bool = False) -> int:
+        hits = [m.end() if end else m.start() for m in re.compile(pattern).finditer(text, lo, stop)]
+        return hits[-1] if hits else -1
+
+    paragraphs = [
+        m.start()
+        for m in re.compile(r"\n[^\S\n]*\n|\n(?=#{1,6}[ \t])").finditer(text, lo, stop)
+        if not _ends_a_heading(text, m.start())
+    ]
+    for cut in (
+        max(paragraphs, default=-1),
+        text.rfind("\n", lo, stop),
+        last(r"[.!?]+[\"'”’)\]]*(?=\s)", lo, stop, end=True),
+        last(r"\s+", lo, stop),
+        last(r"\s+", max(start, must_pass) + 1, lo),
+    ):
+        if cut > start:
+            return cut
+    return hi
+
+
+HEADED = st.lists(
+    st.one_of(PIECES, st.sampled_from(["## H", "# x\n\n", "\n\n\n", " \n", "\n#\t", "a.)"])),
+    min_size=1,
+    max_size=80,
+).map("".join)
+
+
+@PROPS
+@given(text=HEADED, data=st.data())
+def test_the_break_search_from_the_end_finds_what_a_forward_scan_finds(text, data) -> None:
+    starts = [i for i, ch in enumerate(text) if not ch.isspace()]
+    if not starts:
+        return
+    start = data.draw(st.sampled_from(starts))
+    hi = data.draw(st.integers(start + 1, len(text)))
+    must_pass = data.draw(st.integers(0, hi))
+    assert _trimmed(text, start, _best_break(text, start, hi, must_pass)) == _trimmed(
+        text, start, _forward_break(text, start, hi, must_pass)
+    )
+
+
+def test_a_length_counter_is_never_asked_to_count() -> None:
+    class Blind(CharEstimate):
+        def count(self, text: str) -> int:
+            raise AssertionError("counted")
+
+    text = (FILL + "Sed ut perspiciatis.\n\n") * 200
+    assert spans_of(text, 50, 10, Blind()) == spans_of(text, 50, 10, CHARS)
