@@ -1,9 +1,15 @@
 """The ``docroute`` command.
 
     docroute run      --config docroute.yaml [--budget USD] [--simulate]
-    docroute rerun    RUN_ID [--status failed] [--budget USD]
+    docroute run      --resume RUN_ID         # continue an interrupted run
+    docroute run      --dry-run               # the plan below, instead of running
+    docroute plan     --config docroute.yaml [--budget USD] [--format table|json]
+    docroute rerun    RUN_ID [--status failed] [--reason R] [--provider P] [--budget USD]
+                      [--set task.max_output_tokens=2048] [--force]
     docroute runs     [--format table|csv|json]
     docroute sql      "SELECT provider, sum(cost_usd) FROM ledger GROUP BY 1"
+    docroute audit    RUN_ID                  # check a run's promises from its data
+    docroute compact  [RUN_ID]                # merge small Parquet parts
     docroute serve    [--cron "0 2 * * *"]
     docroute simulate
 
@@ -18,7 +24,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -60,8 +66,32 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(run)
     run.add_argument("--budget", type=_usd, help="override budget.run_usd for this run")
     run.add_argument("--run-id", help="use this run id (default: time-based)")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue the interrupted run RUN_ID: committed chunks are skipped and the "
+        "money it spent counts against its budget",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: continue even though the schema, prompt or models changed",
+    )
     run.add_argument("--simulate", action="store_true", help="use the simulator for every provider")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (as `docroute plan`) instead: no call, no run record",
+    )
     run.set_defaults(func=cmd_run)
+
+    plan = sub.add_parser(
+        "plan", help="chunks, tokens and cost per endpoint, before any call (nothing is written)"
+    )
+    _config_arg(plan)
+    plan.add_argument("--budget", type=_usd, help="check against this budget instead (USD)")
+    plan.add_argument("--format", choices=["table", "json"], default="table")
+    plan.set_defaults(func=cmd_plan)
 
     rerun = sub.add_parser("rerun", help="process a run's failed/skipped chunks as a child run")
     rerun.add_argument("run_id", metavar="RUN_ID")
@@ -70,13 +100,46 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument(
         "--status",
         action="append",
-        choices=["failed", "skipped"],
-        help="which results to rerun (repeatable; default: both)",
+        choices=["failed", "skipped", "succeeded"],
+        help="which results to rerun (repeatable; default: failed and skipped)",
+    )
+    rerun.add_argument(
+        "--reason",
+        action="append",
+        help="only results with this reason, e.g. budget_exhausted, no_route (repeatable)",
+    )
+    rerun.add_argument(
+        "--provider",
+        action="append",
+        help="only chunks that had an attempt at this provider (repeatable)",
+    )
+    rerun.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value for the child run, e.g. task.max_output_tokens=2048 "
+        "(VALUE is YAML; repeatable)",
+    )
+    rerun.add_argument(
+        "--force",
+        action="store_true",
+        help="allow a schema or prompt change although the family has succeeded answers",
     )
     rerun.add_argument(
         "--simulate", action="store_true", help="use the simulator for every provider"
     )
     rerun.set_defaults(func=cmd_rerun)
+
+    audit = sub.add_parser("audit", help="check a run's promises from the stored data alone")
+    audit.add_argument("run_id", metavar="RUN_ID")
+    _where_args(audit)
+    audit.set_defaults(func=cmd_audit)
+
+    compact = sub.add_parser("compact", help="merge a run's (or every run's) small Parquet parts")
+    compact.add_argument("run_id", metavar="RUN_ID", nargs="?")
+    _where_args(compact)
+    compact.set_defaults(func=cmd_compact)
 
     runs = sub.add_parser("runs", help="list runs with status, counts and spend")
     _where_args(runs)
@@ -162,15 +225,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.nightly import nightly_batch
 
     path = _config_path(args.config)
-    load_config(path)  # a bad file stops here, before Prefect starts
-    run_id = args.run_id or new_run_id()
-    print(f"docroute run {run_id} · config {path}", flush=True)
+    cfg = load_config(path)  # a bad file stops here, before Prefect starts
+    if args.dry_run:
+        return _plan(path, args.budget, "table")
+    if args.resume and args.run_id and args.resume != args.run_id:
+        raise ConfigError("--resume RUN_ID already names the run; leave out --run-id")
+    if args.force and not args.resume:
+        raise ConfigError("--force only applies with --resume RUN_ID")
+    if args.resume:
+        require_run(Store(cfg.output.root), args.resume)
+    run_id = args.resume or args.run_id or new_run_id()
+    verb = "resume" if args.resume else "run"
+    print(f"docroute {verb} {run_id} · config {path}", flush=True)
     summary = asyncio.run(
         nightly_batch(
             config_path=str(path.resolve()),
             run_id=run_id,
             budget_usd=args.budget,
             simulate=args.simulate,
+            resume=bool(args.resume),
+            force=args.force,
         )
     )
     print(format_summary(summary, path))
@@ -192,9 +266,66 @@ def cmd_rerun(args: argparse.Namespace) -> int:
             budget_usd=args.budget,
             statuses=args.status,
             simulate=args.simulate,
+            reasons=args.reason,
+            providers=args.provider,
+            overrides=_overrides(args.set),
+            force=args.force,
         )
     )
     print(format_summary(summary, path))
+    return 0
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["task.max_output_tokens=2048"]`` → ``{"task.max_output_tokens": 2048}`` (YAML values)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"--set expects KEY=VALUE like task.max_output_tokens=2048, got {pair!r}"
+            )
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: the value is not valid YAML ({exc})") from None
+    return out
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pipeline.audit import audit
+
+    report = audit(_store(args), args.run_id)
+    if args.format == "json":
+        import json
+
+        _out(json.dumps(report.to_dict(), indent=2))
+    else:
+        _out(report.text())
+    return 0 if report.ok else 1
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.run_id:
+        require_run(store, args.run_id)
+    written = store.compact(args.run_id)
+    store.refresh_catalog()
+    print(f"compacted: {written} merged part(s) written under {store.root}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    return _plan(_config_path(args.config), args.budget, args.format)
+
+
+def _plan(path: Path, budget: float | None, fmt: Literal["table", "json"]) -> int:
+    """Print what a run of ``path`` would cost; no provider is connected, nothing written."""
+    from pipeline.plan import make_plan, render_plan
+
+    _out(render_plan(make_plan(load_config(path), config_path=path, budget_usd=budget), fmt))
     return 0
 
 

@@ -4,6 +4,11 @@ Flows only wire the stages of ``pipeline``: one task per batch of chunks (asynci
 it, never a task per chunk), progress in the run log, and a summary artifact. A chunk's
 failure is data in the results; a task fails only when a whole batch cannot be
 processed or stored, and then names its stage and batch.
+
+Both flows continue an interrupted run when asked (``resume=True``, what
+``docroute run --resume`` passes) and when Prefect retries the flow run: the run id is
+then derived from the flow run, so every attempt works on the same run, skips the chunks
+committed before, and counts the money already spent against the same cap.
 """
 
 from __future__ import annotations
@@ -11,18 +16,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from datetime import UTC
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run as current_flow_run
 from prefect.utilities.annotations import quote
 
-from pipeline.config import load_config
+from pipeline.config import Config, load_config
 from pipeline.errors import StageError
+from pipeline.family import Selection, Versions, check_rerun
 from pipeline.run import Batch, Run, drive, new_run_id, require_run
 from pipeline.secrets import install_log_scrubber
 from pipeline.store import Store
+from schemas import get_schema
 
 #: Seconds between progress lines while a batch is in flight.
 PROGRESS_EVERY_S = 5.0
@@ -75,18 +84,40 @@ async def nightly_batch(
     run_id: str | None = None,
     budget_usd: float | None = None,
     simulate: bool = False,
+    resume: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Chunk the corpus of ``config_path``, route every chunk, validate, store, ledger."""
+    """Chunk the corpus of ``config_path``, route every chunk, validate, store, ledger.
+
+    With ``resume``, continue the interrupted run ``run_id`` (a rerun's own chunk
+    selection is taken from its record).
+    """
     install_log_scrubber()
     cfg = load_config(config_path, overrides=_budget(budget_usd))
-    run_id = run_id or new_run_id()
+    run_id, resume = _attempt_of(cfg, run_id, resume)
+    record = Store(cfg.output.root).latest_run(run_id) if resume else None
+    if record is not None and record.selection:
+        return await _rerun(
+            cfg, Selection.from_json(record.selection), run_id, simulate, True, force
+        )
     get_run_logger().info(
-        "run %s · corpus %s · budget $%.2f", run_id, cfg.corpus.path, cfg.budget.run_usd
+        "run %s%s · corpus %s · budget $%.2f",
+        run_id,
+        " (resumed)" if resume else "",
+        cfg.corpus.path,
+        cfg.budget.run_usd,
     )
-    async with Run.open(cfg, run_id=run_id, flow="nightly_batch", simulate=simulate) as run:
+    async with Run.open(
+        cfg, run_id=run_id, flow="nightly_batch", simulate=simulate, resume=resume, force=force
+    ) as run:
         _announce(run)
         summary = await _drive(run, run.batches(run.corpus_chunks()))
     return summary | {"status": _status(summary)}
+
+
+#: The scheduled form (``docroute serve``, ``deployments/prefect.yaml``): a failed flow run
+#: is retried, and each retry resumes the same run (see ``_attempt_of``).
+scheduled_nightly_batch = nightly_batch.with_options(retries=2, retry_delay_seconds=300)
 
 
 @flow(name="rerun-failed")
@@ -97,20 +128,84 @@ async def rerun_failed(
     budget_usd: float | None = None,
     statuses: list[str] | None = None,
     simulate: bool = False,
+    reasons: list[str] | None = None,
+    providers: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Process again only the chunks of ``parent_run_id`` that failed or were skipped."""
+    """Process again the chunks of ``parent_run_id`` that ``statuses``/``reasons``/``providers``
+    select (default: failed or skipped), as a child run of it.
+
+    ``overrides`` are dotted config keys (``{"task.max_output_tokens": 2048}``). A config
+    whose schema or prompt differs from the parent's is refused while the family has
+    succeeded answers, unless ``force``.
+    """
     install_log_scrubber()
-    cfg = load_config(config_path, overrides=_budget(budget_usd))
-    require_run(Store(cfg.output.root), parent_run_id)  # before any record of the child
-    run_id = run_id or new_run_id()
-    wanted = statuses or ["failed", "skipped"]
-    get_run_logger().info("run %s reruns %s chunks of %s", run_id, "/".join(wanted), parent_run_id)
+    cfg = load_config(config_path, overrides={**(overrides or {}), **_budget(budget_usd)})
+    store = Store(cfg.output.root)
+    require_run(store, parent_run_id)  # before any record of the child
+    selection = Selection(
+        parent_run_id=parent_run_id,
+        statuses=tuple(statuses or ("failed", "skipped")),
+        reasons=tuple(reasons or ()),
+        providers=tuple(providers or ()),
+    )
+    run_id, resume = _attempt_of(cfg, run_id, False)
+    if not resume:
+        parent = store.latest_run(parent_run_id)
+        assert parent is not None
+        check_rerun(
+            store,
+            parent,
+            Versions.of(cfg, get_schema(cfg.task.schema_name)),
+            selection,
+            force=force,
+        )
+    return await _rerun(cfg, selection, run_id, simulate, resume, force)
+
+
+async def _rerun(
+    cfg: Config, selection: Selection, run_id: str, simulate: bool, resume: bool, force: bool
+) -> dict[str, Any]:
+    get_run_logger().info(
+        "run %s reruns %s chunks of %s%s",
+        run_id,
+        "/".join(selection.statuses),
+        selection.parent_run_id,
+        " (resumed)" if resume else "",
+    )
     async with Run.open(
-        cfg, run_id=run_id, flow="rerun_failed", parent_run_id=parent_run_id, simulate=simulate
+        cfg,
+        run_id=run_id,
+        flow="rerun_failed",
+        parent_run_id=selection.parent_run_id,
+        selection=selection,
+        resume=resume,
+        force=force,
+        simulate=simulate,
     ) as run:
         _announce(run)
-        summary = await _drive(run, run.batches(run.rerun_chunks(parent_run_id, wanted)))
+        summary = await _drive(run, run.batches(run.rerun_chunks(selection)))
     return summary | {"status": _status(summary)}
+
+
+def _attempt_of(cfg: Config, run_id: str | None, resume: bool) -> tuple[str, bool]:
+    """The run id and whether to resume it, for this attempt of the flow run.
+
+    A Prefect retry (``run_count > 1``) of a flow run whose run was recorded resumes it;
+    without a given run id, the id is derived from the flow run so retries share it.
+    """
+    if run_id is None:
+        flow_run_id = current_flow_run.id
+        scheduled = current_flow_run.scheduled_start_time
+        if flow_run_id and scheduled is not None:
+            stamp = scheduled.astimezone(UTC).strftime("%Y%m%d-%H%M%S")
+            run_id = f"{stamp}-{flow_run_id.replace('-', '')[:6]}"
+        else:
+            run_id = new_run_id()
+    if not resume and (current_flow_run.run_count or 1) > 1:
+        resume = Store(cfg.output.root).latest_run(run_id) is not None
+    return run_id, resume
 
 
 def _budget(budget_usd: float | None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ HEALTH_TIMEOUT_S = 90
 
 
 def serve(config_path: Path, *, cron: str, timezone: str, name: str, port: int) -> None:
-    from flows.nightly import nightly_batch
+    from flows.nightly import scheduled_nightly_batch
 
     api_url = PREFECT_API_URL.value()
     server = None
@@ -37,7 +37,7 @@ def serve(config_path: Path, *, cron: str, timezone: str, name: str, port: int) 
     )
     try:
         with temporary_settings({PREFECT_API_URL: api_url}):
-            nightly_batch.serve(
+            scheduled_nightly_batch.serve(
                 name=name,
                 cron=cron,
                 parameters={"config_path": str(config_path)},

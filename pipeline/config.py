@@ -4,8 +4,9 @@
     cfg.budget.run_usd            # 0.5
     cfg.providers[0].region       # "eu"
 
-Relative paths in the file (``corpus.path``, ``output.root``) are resolved against the
-folder of the file, so a config means the same thing wherever docroute is started.
+Relative paths in the file (``corpus.path``, ``corpus.residency_manifest``,
+``output.root``) are resolved against the folder of the file, so a config means the same
+thing wherever docroute is started.
 API keys are never in the file: a provider names the environment variable that holds
 its key (``api_key_env``).
 """
@@ -77,9 +78,19 @@ class CorpusConfig(_Model):
     jsonl: JsonlConfig = Field(default_factory=JsonlConfig)
     """Which fields of ``.jsonl`` records hold the text and the id."""
     residency: list[ResidencyRule] = Field(default_factory=list)
-    """Rules in order; the first whose glob matches gives a document its allowed regions."""
+    """Path rules in order; the first whose glob matches gives a document its allowed
+    regions, unless its own metadata or the manifest decides (most specific wins:
+    metadata, then manifest, then these rules, then ``residency_default``)."""
     residency_default: Literal["deny"] | list[Region] = "deny"
-    """Regions for documents no rule matches: ``deny`` (sent nowhere) or a list."""
+    """Regions for documents nothing else decides: ``deny`` (sent nowhere) or a list."""
+    residency_field: str | None = Field(default="residency", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Metadata field naming a document's own regions: a key of the YAML front matter of
+    ``.md``/``.txt`` files, a field of ``.jsonl`` records (records that disagree get the
+    intersection). ``null``: documents' metadata is not read."""
+    residency_manifest: Path | None = None
+    """CSV or JSONL file (relative to this file) mapping documents, by ``path`` (relative
+    to ``corpus.path``) or ``doc_id``, to ``regions``; beats the path rules. Checked at
+    start: a bad line is an error naming the file and line."""
 
     @field_validator("include", "exclude")
     @classmethod
@@ -128,11 +139,32 @@ class ChunkingConfig(_Model):
 class BudgetConfig(_Model):
     run_usd: float = Field(gt=0)
     """Hard cap on what one run may spend, in USD (the sum of its ledger costs)."""
+    document_usd: float | None = Field(default=None, gt=0)
+    """Hard cap on what the chunks of one document may spend in a run, in USD (none if unset)."""
+    monthly_usd: float | None = Field(default=None, gt=0)
+    """Hard cap on the ledger costs of all runs over a rolling 30 days; a run may spend at
+    most what the other runs of the window left (none if unset)."""
+    on_exhausted: Literal["stop", "downgrade"] = "stop"
+    """When a call's worst case no longer fits: ``stop`` skips the chunk
+    (``budget_exhausted``); ``downgrade`` tries cheaper allowed endpoints instead and from
+    then on uses only endpoints cheaper than the one that no longer fit."""
+
+
+class CascadeConfig(_Model):
+    confidence_field: str | None = Field(default=None, min_length=1)
+    """Field of the validated answer holding the model's confidence (dots reach into
+    nested objects); an answer below ``min_confidence`` escalates to the next tier."""
+    min_confidence: float = 0.7
+    """Answers whose ``confidence_field`` is below this escalate."""
 
 
 class RoutingConfig(_Model):
-    strategy: Literal["cheapest"] = "cheapest"
-    """How allowed candidates are ordered: ``cheapest`` worst-case cost first."""
+    strategy: Literal["cheapest", "ordered", "cascade"] = "cheapest"
+    """How allowed candidates are ordered: ``cheapest`` worst-case cost first; ``ordered``
+    the config's order (providers, then their models); ``cascade`` cheapest first,
+    escalating to the next dearer tier when an answer is invalid or not confident enough."""
+    cascade: CascadeConfig | None = None
+    """For ``strategy: cascade``: which answer field says how confident the model is."""
     max_attempts: int = Field(default=6, ge=1, le=50)
     """Attempts per chunk across all endpoints, repairs and retries included."""
     repair_attempts: int = Field(default=1, ge=0, le=5)
@@ -155,6 +187,15 @@ class RoutingConfig(_Model):
     """Consecutive failed attempts after which an endpoint is cooled down."""
     cooldown_s: float = Field(default=30.0, ge=0)
     """How long a cooled-down endpoint gets no traffic (others in the chunk's regions do)."""
+
+    @model_validator(mode="after")
+    def _cascade_needs_strategy(self) -> RoutingConfig:
+        if self.cascade is not None and self.strategy != "cascade":
+            raise ValueError(
+                f"cascade settings need strategy 'cascade', not {self.strategy!r} "
+                "(set routing.strategy: cascade, or remove routing.cascade)"
+            )
+        return self
 
 
 class RateLimitConfig(_Model):
@@ -295,15 +336,44 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``value`` at ``dotted``; list items by index or by ``name`` (``providers.openai-eu``)."""
     *parents, leaf = dotted.split(".")
-    node = data
+    node: Any = data
     for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
+        node = _child(node, key, dotted) if isinstance(node, list) else node.setdefault(key, {})
+    if isinstance(node, list):
+        items = node
+        index = _index(items, leaf, dotted)
+        items[index] = value
+    else:
+        node[leaf] = value
+
+
+def _child(items: list[Any], key: str, dotted: str) -> Any:
+    return items[_index(items, key, dotted)]
+
+
+def _index(items: list[Any], key: str, dotted: str) -> int:
+    if key.isdigit() and int(key) < len(items):
+        return int(key)
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == key:
+            return i
+    names = [item.get("name") for item in items if isinstance(item, dict) and "name" in item]
+    raise ConfigError(
+        f"override {dotted!r}: no item {key!r} in that list; expected an index below "
+        f"{len(items)}" + (f" or one of the names {names}" if names else "")
+    )
 
 
 def _resolve_paths(cfg: Config, base: Path) -> Config:
     corpus = cfg.corpus.model_copy(update={"path": (base / cfg.corpus.path).resolve()})
+    if corpus.residency_manifest is not None:
+        from pipeline.policy.manifest import load_manifest
+
+        manifest = (base / corpus.residency_manifest).resolve()
+        load_manifest(manifest)  # a bad manifest stops here, before any document is read
+        corpus = corpus.model_copy(update={"residency_manifest": manifest})
     output = cfg.output.model_copy(update={"root": (base / cfg.output.root).resolve()})
     return cfg.model_copy(update={"corpus": corpus, "output": output})
 

@@ -3,15 +3,22 @@
     dispatcher = Dispatcher(run_id=..., router=..., budget=..., providers=..., task=...)
     outcome = await dispatcher.run_batch(chunks)        # BatchOutcome(results, ledger)
 
-For each chunk, candidates come cheapest first from the router (never outside the
-chunk's regions). At each candidate the worst case is reserved from the budget before
-the call and settled with the reported usage after it. Then:
+For each chunk, candidates come from the router in the order of ``settings.strategy``
+(cheapest first by default), never outside the chunk's regions; what preflight left out
+(window too small, no structured output, …) is listed in ``Result.excluded``. At each
+candidate the worst case is reserved from the budget (the run's and the document's)
+before the call and settled with the reported usage after it. Then:
 
-- the answer validates        → ``succeeded``
+- the answer validates        → ``succeeded`` (cascade: unless not confident enough, below)
 - invalid answer              → repair prompt (``repair_attempts`` times), then next candidate
+- low confidence (cascade)    → next dearer tier; if none does better, the last valid
+                                answer is kept: ``succeeded`` with reason ``low_confidence``
 - transient (429, 5xx, …)     → backoff (``retry-after`` wins) and retry, then next candidate
 - terminal (auth, 400, …)     → next candidate (auth also disables the provider)
-- reservation impossible      → ``skipped`` (no call made) or ``failed``: ``budget_exhausted``
+- reservation impossible      → ``on_exhausted="stop"``: ``skipped`` (no call made) or
+                                ``failed``: ``budget_exhausted``; ``"downgrade"``: only
+                                cheaper candidates from then on (run-wide for the run cap)
+- no candidate fits the window → ``failed``: ``context_exceeded``, without any call
 - no allowed candidate        → ``failed``: ``no_route``, without any call
 
 A chunk's failure is data, never an exception that ends the batch.
@@ -20,6 +27,7 @@ A chunk's failure is data, never an exception that ends the batch.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -27,10 +35,23 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal
 
 from pipeline import errors
 from pipeline.models import BatchOutcome, Chunk, LedgerEntry, Outcome, Result, Usage
-from pipeline.policy import BudgetGuard, Endpoint, EndpointGate, Router, cost_bound, output_cap
+from pipeline.policy import (
+    BudgetGuard,
+    Cheapest,
+    Endpoint,
+    EndpointGate,
+    Exclusion,
+    Router,
+    Shortfall,
+    Strategy,
+    cost_bound,
+    output_cap,
+    reservation_usd,
+)
 from pipeline.providers import ChatRequest, Provider
 from pipeline.secrets import scrub
 from pipeline.validation import (
@@ -58,12 +79,18 @@ class DispatchSettings:
     concurrency: int = 32
     cooldown_after: int = 5
     cooldown_s: float = 30.0
+    strategy: Strategy = field(default_factory=Cheapest)
+    """Order of the candidates, and whether an answer is good enough (``routing.strategy``)."""
+    on_exhausted: Literal["stop", "downgrade"] = "stop"
+    """What a reservation that no longer fits does (``budget.on_exhausted``)."""
 
 
 class _Next(Enum):
     DONE = "done"  # the chunk has its result
     NEXT = "next"  # try the next candidate
     STOP = "stop"  # no further candidate can help (budget)
+    ESCALATE = "escalate"  # a valid answer, not confident enough: try a dearer tier
+    DOWNGRADE = "downgrade"  # the budget cannot cover this one: try cheaper ones
 
 
 @dataclass(slots=True)
@@ -78,6 +105,9 @@ class _Job:
     last_error: str | None = None
     output: str | None = None
     endpoint: Endpoint | None = None
+    excluded: list[Exclusion] = field(default_factory=list)
+    fallback: tuple[str, Endpoint, str] | None = None  # valid but not confident: kept
+    shortfall: str | None = None  # why the budget refused the last candidate (downgrade)
 
 
 class Dispatcher:
@@ -102,6 +132,7 @@ class Dispatcher:
         self._json_schema = schema.json_schema()
         self._sleep = sleep
         self._rng = random.Random()
+        self.strategy = settings.strategy
         self.gates: dict[str, EndpointGate] = dict(gates or {})
 
     def gate(self, provider: str) -> EndpointGate:
@@ -153,43 +184,67 @@ class Dispatcher:
     async def _route(self, job: _Job) -> None:
         messages = first_messages(self.settings.instructions, job.chunk.text)
         estimate = prompt_token_estimate(messages, job.chunk.token_estimate)
-        candidates = self.router.candidates(
-            job.chunk, prompt_tokens=estimate, max_output_tokens=self.settings.max_output_tokens
+        max_out = self.settings.max_output_tokens
+        plan = self.router.plan(
+            job.chunk, prompt_tokens=estimate, max_output_tokens=max_out, strategy=self.strategy
         )
+        job.excluded.extend(plan.excluded)
+        candidates = plan.candidates
         if not candidates:
-            self._record_refusal(job, "no_route", self._no_route_reason(job.chunk))
+            self._record_refusal(job, *plan.refusal(job.chunk))
             return
         if all(self.gate(e.provider).cooling() for e in candidates):
             # Every allowed endpoint rests: wait for the first to come back, never fail for it.
             await self._sleep(min(self.gate(e.provider).cooling_for() for e in candidates))
         else:
             candidates = [e for e in candidates if not self.gate(e.provider).cooling()]
-        candidates = self._balance(candidates, estimate)
+        await self._walk(job, self._balance(candidates, estimate), messages, estimate)
+        if job.output is None and job.shortfall is not None:
+            self._record_refusal(job, "budget_exhausted", job.shortfall)
+
+    async def _walk(
+        self, job: _Job, candidates: list[Endpoint], messages: list[dict[str, str]], estimate: int
+    ) -> None:
+        """Try ``candidates`` in order; escalation skips the tier just left, a downgrade
+        skips every candidate not cheaper than the one the budget refused."""
+        max_out = self.settings.max_output_tokens
+        above: Endpoint | None = None  # cascade: only tiers dearer than this one
+        below: Endpoint | None = None  # downgrade: only candidates cheaper than this one
         for endpoint in candidates:
+            if below is not None and cost_bound(endpoint, estimate, max_out) >= cost_bound(
+                below, estimate, max_out
+            ):
+                job.excluded.append(Exclusion(endpoint.key, "budget_downgrade"))
+                continue
+            if above is not None and self._rank(endpoint, estimate) <= self._rank(above, estimate):
+                continue
             step = await self._use_endpoint(job, endpoint, messages)
-            if step is not _Next.NEXT or job.attempts >= self.settings.max_attempts:
+            if step is _Next.ESCALATE:
+                above = endpoint
+            elif step is _Next.DOWNGRADE:
+                below = endpoint
+            elif step is not _Next.NEXT:
+                return
+            if job.attempts >= self.settings.max_attempts:
                 return
 
-    def _balance(self, candidates: list[Endpoint], prompt_tokens: int) -> list[Endpoint]:
-        """Among equally cheap candidates, the one with quota room first.
+    def _rank(self, e: Endpoint, prompt_tokens: int) -> tuple[float, ...]:
+        return self.strategy.rank(e, prompt_tokens, self.settings.max_output_tokens)
 
-        Price order is kept (cheapest first is the policy); only ties move, so spreading
-        load over several endpoints of the same price costs nothing and keeps all their
-        quotas busy instead of queuing at the first one.
+    def _balance(self, candidates: list[Endpoint], prompt_tokens: int) -> list[Endpoint]:
+        """Within a tier (equal strategy rank), the candidate with quota room first.
+
+        The strategy's order is kept (cheapest first is the default policy); only ties
+        move, so spreading load over several endpoints of the same price costs nothing
+        and keeps all their quotas busy instead of queuing at the first one.
         """
         max_out = self.settings.max_output_tokens
 
-        def key(e: Endpoint) -> tuple[float, float, int]:
-            cost = round(cost_bound(e, prompt_tokens, max_out), 12)
-            return cost, self.gate(e.provider).wait_estimate(prompt_tokens + max_out), e.order
+        def key(e: Endpoint) -> tuple[tuple[float, ...], float, int]:
+            wait = self.gate(e.provider).wait_estimate(prompt_tokens + max_out)
+            return self._rank(e, prompt_tokens), wait, e.order
 
         return sorted(candidates, key=key)
-
-    def _no_route_reason(self, chunk: Chunk) -> str:
-        if not chunk.regions:
-            return f"residency rule {chunk.residency_rule!r} allows no region"
-        regions = ", ".join(chunk.regions)
-        return f"no endpoint in region(s) {regions} is available and fits the chunk"
 
     async def _use_endpoint(
         self, job: _Job, endpoint: Endpoint, messages: list[dict[str, str]]
@@ -200,8 +255,8 @@ class Dispatcher:
                 return _Next.NEXT
             try:
                 output = await self._attempt(job, endpoint, messages)
-            except _BudgetExhausted:
-                return _Next.STOP
+            except _BudgetExhausted as short:
+                return self._on_shortfall(job, endpoint, short.why, short.shortfall)
             except errors.InvalidOutput as exc:
                 if repairs >= self.settings.repair_attempts:
                     return _Next.NEXT
@@ -218,9 +273,27 @@ class Dispatcher:
                 if isinstance(exc, errors.AuthError) and self.router.disable(endpoint.provider):
                     log.warning("disabling %s for this run: %s", endpoint.provider, exc.message)
                 return _Next.NEXT
+            doubt = self.strategy.judge(output)
+            if doubt is not None:
+                job.fallback = (output, endpoint, doubt)
+                return _Next.ESCALATE
             job.output, job.endpoint = output, endpoint
             return _Next.DONE
         return _Next.NEXT
+
+    def _on_shortfall(self, job: _Job, endpoint: Endpoint, why: str, short: Shortfall) -> _Next:
+        """The budget cannot cover ``endpoint``: stop, or go on with cheaper candidates."""
+        if self.settings.on_exhausted == "stop":
+            self._record_refusal(job, "budget_exhausted", why)
+            return _Next.STOP
+        # The run's cap binds every later chunk too; a document's binds only its own.
+        if short.scope == "run" and self.router.lower_ceiling(endpoint):
+            log.warning(
+                "budget: from now on only endpoints cheaper than %s (%s)", endpoint.key, why
+            )
+        job.excluded.append(Exclusion(endpoint.key, "budget_downgrade"))
+        job.shortfall = why
+        return _Next.DOWNGRADE
 
     async def _attempt(self, job: _Job, endpoint: Endpoint, messages: list[dict[str, str]]) -> str:
         """One admitted, reserved, ledgered call; returns the validated JSON or raises."""
@@ -238,16 +311,12 @@ class Dispatcher:
         max_out: int,
         gate: EndpointGate,
     ) -> str:
-        reserve = endpoint.price.worst_case_usd(prompt_token_bound(messages), max_out)
-        hold = await self.budget.reserve(reserve)
-        if hold is None:
-            self._record_refusal(
-                job,
-                "budget_exhausted",
-                f"the run budget cannot cover {reserve:.6f} USD for {endpoint.key}",
-            )
-            raise _BudgetExhausted
+        reserve = reservation_usd(endpoint, prompt_token_bound(messages), max_out)
+        hold = await self.budget.claim(reserve, job.chunk.doc_id)
+        if isinstance(hold, Shortfall):
+            raise _BudgetExhausted(hold, hold.describe(reserve, endpoint.key))
         job.attempts += 1
+        job.shortfall = None
         started = time.time()
         usage, cost = Usage(), 0.0
         try:
@@ -374,11 +443,17 @@ class Dispatcher:
     def _finish(self, job: _Job) -> Result:
         if job.output is not None:
             return self._result(job, "succeeded", None)
+        if job.fallback is not None:
+            job.output, job.endpoint, doubt = job.fallback
+            note = f"kept the answer of {job.endpoint.key}, the dearest tier that answered: {doubt}"
+            return self._result(job, "succeeded", "low_confidence", note)
         if job.last_outcome == "budget_exhausted" and job.attempts == 0:
             return self._result(job, "skipped", "budget_exhausted")
         return self._result(job, "failed", job.last_outcome or "attempts_exhausted")
 
-    def _result(self, job: _Job, status: str, reason: str | None) -> Result:
+    def _result(
+        self, job: _Job, status: str, reason: str | None, note: str | None = None
+    ) -> Result:
         ep = job.endpoint
         return Result(
             run_id=self.run_id,
@@ -395,9 +470,23 @@ class Dispatcher:
             cost_usd=sum(e.cost_usd for e in job.ledger),
             finished_at=time.time(),
             schema_name=self.schema.name,
-            error=job.last_error if job.output is None else None,
+            error=job.last_error if job.output is None else note,
+            excluded=_excluded_json(job.excluded),
         )
+
+
+def _excluded_json(excluded: list[Exclusion]) -> str | None:
+    """``Result.excluded``: each (endpoint, reason) once, in the order decided; None if none."""
+    seen = dict.fromkeys((x.endpoint, x.reason) for x in excluded)
+    if not seen:
+        return None
+    return json.dumps([{"endpoint": e, "reason": r} for e, r in seen])
 
 
 class _BudgetExhausted(Exception):
     """Internal signal: the budget cannot cover the next call."""
+
+    def __init__(self, shortfall: Shortfall, why: str) -> None:
+        super().__init__(why)
+        self.shortfall = shortfall
+        self.why = why

@@ -150,6 +150,16 @@ class Result:
     schema_name: str
     error: str | None = None
     """Why the last attempt failed (scrubbed), for failed and skipped chunks."""
+    schema_version: str | None = None
+    """Version of the schema the answer follows (with ``schema_name``)."""
+    idem_key: str | None = None
+    """(chunk content, schema version, prompt version, model policy) hashed: a succeeded
+    result with the same key in the run family is reused instead of asked for again."""
+    reused_from: str | None = None
+    """The run whose committed answer this result reuses (no call was made), if any."""
+    excluded: str | None = None
+    """JSON list of the candidates preflight left out for this chunk and why
+    (``[{"endpoint": "p/m", "reason": "context_window"}]``), so a route can be explained."""
 
 
 @dataclass(slots=True)

@@ -5,10 +5,17 @@
             await run.process_batch(batch)
     run.summary()
 
-``Run.open`` connects the endpoints, writes a ``running`` run record, and on exit writes
-the final record (``succeeded``, ``completed_with_failures`` or ``failed``) and refreshes
-the DuckDB catalog. Each batch is committed as its own Parquet parts (documents, chunks,
-results, ledger), so a batch is either wholly stored or absent.
+``Run.open`` takes the run's lock, recovers what dead processes journaled, connects the
+endpoints, writes a ``running`` run record, and on exit writes the final record
+(``succeeded``, ``completed_with_failures`` or ``failed``), compacts the run's parts and
+refreshes the DuckDB catalog. Each batch is committed as its own Parquet parts
+(documents, chunks, results, ledger); every attempt and every chunk's result is also
+journaled the moment it exists, so a killed run loses only the calls in flight.
+
+``Run.open(..., resume=True)`` continues an interrupted run: chunks with a committed
+result are skipped, rows already stored are not stored again, and the ledger cost
+already spent counts against the cap. Chunks whose idempotency key (see ``family``)
+already has a succeeded answer in the run family reuse it without a call.
 """
 
 from __future__ import annotations
@@ -19,21 +26,36 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from pipeline.chunking import TokenCounter, chunk_document, chunk_stream
+from pipeline.chunking import TokenCounter
 from pipeline.config import Config
+from pipeline.corpus import read_corpus
 from pipeline.dispatch import Dispatcher, DispatchSettings
 from pipeline.endpoints import Connections, connect
 from pipeline.errors import ConfigError
-from pipeline.ingest import DocumentError, discover, extract_many
-from pipeline.ingest.stream import open_text_stream, should_stream
-from pipeline.models import BatchOutcome, Chunk, Document, DocumentStatus
-from pipeline.policy import BudgetGuard, EndpointGate, Residency, Router, endpoints_from_config
+from pipeline.family import Prior, ReuseIndex, Selection, Versions, opening
+from pipeline.models import BatchOutcome, Chunk, Result
+from pipeline.policy import (
+    MONTH_WINDOW_S,
+    BudgetGuard,
+    EndpointGate,
+    Residency,
+    Router,
+    endpoints_from_config,
+    strategy_from_config,
+)
 from pipeline.progress import Progress
-from pipeline.store import CatalogLockedError, DocumentRow, RunRecord, RunStatus, Store
-from pipeline.store.journal import Journal, recover
+from pipeline.store import (
+    CatalogLockedError,
+    DocumentRow,
+    PriceRow,
+    RunRecord,
+    RunStatus,
+    Store,
+)
+from pipeline.store.journal import Journal, RunBusyError, RunLock, recover
 from pipeline.tokens import get_counter
 from schemas import get_schema
 
@@ -99,20 +121,30 @@ class Run:
         flow: str,
         conn: Connections,
         parent_run_id: str | None = None,
+        family_id: str | None = None,
+        prior: Prior | None = None,
+        selection: Selection | None = None,
+        started_at: float | None = None,
     ) -> None:
         self.cfg = cfg
         self.run_id = run_id
         self.flow = flow
         self.parent_run_id = parent_run_id
+        self.family_id = family_id or run_id
+        self.selection = selection
+        self.prior = prior or Prior()
         self.conn = conn
         self.store = Store(cfg.output.root)
         self.schema = get_schema(cfg.task.schema_name)
+        self.versions = Versions.of(cfg, self.schema)
+        self.reuse = ReuseIndex.load(self.store, self.family_id)
         self.residency = Residency.from_config(cfg.corpus)
         self.counter: TokenCounter = get_counter(cfg.chunking.counter)
         self.router = Router(endpoints_from_config(cfg))
-        self.budget = BudgetGuard(cfg.budget.run_usd)
-        self.progress = Progress(budget_usd=cfg.budget.run_usd)
-        self.started_at = time.time()
+        self.budget = self._budget_guard()
+        self.progress = Progress(budget_usd=self.budget.cap_usd)  # after a monthly cap
+        self._count_prior()
+        self.started_at = started_at or time.time()
         self._batches = 0
         self.dispatcher = Dispatcher(
             run_id=run_id,
@@ -124,6 +156,38 @@ class Run:
             gates=gates_from_config(cfg),
         )
 
+    def _budget_guard(self) -> BudgetGuard:
+        """The run's hard cap, less what this run id already spent (a resumed run).
+
+        With ``budget.monthly_usd`` the cap is at most what the other runs' ledger costs of
+        the last 30 days leave of it (0: every chunk is skipped, no call is made); with
+        ``budget.document_usd`` each document's chunks have that cap too.
+        """
+        b = self.cfg.budget
+        cap = b.run_usd
+        if b.monthly_usd is not None:
+            window_start = time.time() - MONTH_WINDOW_S
+            others = self.store.read(
+                "SELECT coalesce(sum(cost_usd), 0) FROM ledger "
+                "WHERE run_id <> ? AND started_at >= to_timestamp(?)",
+                [self.run_id, window_start],
+            ).rows[0][0]
+            cap = min(cap, max(b.monthly_usd - float(others), 0.0))
+        return BudgetGuard(cap, spent_usd=self._spent_before(), document_cap_usd=b.document_usd)
+
+    def _spent_before(self) -> float:
+        """Ledger cost already recorded for this run id (0 for a new run)."""
+        return self.prior.spent_usd
+
+    def _count_prior(self) -> None:
+        """A resumed run's tallies start from what its earlier attempts committed."""
+        p, prior = self.progress, self.prior
+        p.documents, p.document_errors = len(prior.documents), prior.document_errors
+        p.succeeded = prior.counts.get("succeeded", 0)
+        p.failed = prior.counts.get("failed", 0)
+        p.skipped = prior.counts.get("skipped", 0)
+        p.spend_usd = prior.spent_usd
+
     @classmethod
     @asynccontextmanager
     async def open(
@@ -133,26 +197,55 @@ class Run:
         run_id: str,
         flow: str,
         parent_run_id: str | None = None,
+        selection: Selection | None = None,
+        resume: bool = False,
+        force: bool = False,
         simulate: bool = False,
     ) -> AsyncIterator[Run]:
+        """Open run ``run_id`` (a new one, or with ``resume`` an interrupted one).
+
+        The run's lock is taken first, then journals of dead processes are recovered, so
+        a resumed run sees every cost and result its earlier attempts made.
+        """
         endpoints_from_config(cfg)  # an unpriceable model fails here, before any work
-        async with connect(cfg, simulate=simulate) as conn:
-            notice = conn.notice()
-            if notice:
-                log.info("%s", notice)
-            run = cls(cfg, run_id=run_id, flow=flow, conn=conn, parent_run_id=parent_run_id)
-            recover(run.store)  # costs journaled by a process that died are ledgered first
-            run._record("running")
-            try:
-                yield run
-            except BaseException as exc:
-                run._record("failed", message=f"{type(exc).__name__}: {exc}")
+        store = Store(cfg.output.root)
+        try:
+            lock = RunLock.acquire(store.root, run_id)
+        except RunBusyError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            store.migrate()  # an output root of an older docroute is brought up to date
+            recover(store)  # costs and results journaled by a process that died come first
+            setup = opening(
+                store, cfg, run_id, parent_run_id, selection, resume=resume, force=force
+            )
+            async with connect(cfg, simulate=simulate) as conn:
+                notice = conn.notice()
+                if notice:
+                    log.info("%s", notice)
+                run = cls(cfg, run_id=run_id, flow=flow, conn=conn, **setup)
+                run._record("running")
+                run._write_prices()
+                try:
+                    yield run
+                except BaseException as exc:
+                    run._record("failed", message=f"{type(exc).__name__}: {exc}")
+                    run.refresh_catalog()
+                    raise
+                done = run.progress.failed + run.progress.skipped == 0
+                status: RunStatus = "succeeded" if done else "completed_with_failures"
+                run._record(status, finished=True)
+                run.compact()
                 run.refresh_catalog()
-                raise
-            done = run.progress.failed + run.progress.skipped == 0
-            status: RunStatus = "succeeded" if done else "completed_with_failures"
-            run._record(status, finished=True)
-            run.refresh_catalog()
+        finally:
+            lock.release()
+
+    def compact(self) -> None:
+        """Merge this run's small parts into one per table (readers never miss or double)."""
+        try:
+            self.store.compact(self.run_id)
+        except OSError as exc:  # housekeeping: the data is complete without it
+            log.warning("run %s: compaction skipped (%s)", self.run_id, exc)
 
     def refresh_catalog(self) -> None:
         """Refresh the DuckDB views; a catalog held open by a user's client is not fatal."""
@@ -164,87 +257,30 @@ class Run:
     # -- what to process ------------------------------------------------------------------
 
     def corpus_chunks(self) -> Iterator[Chunk | DocumentRow]:
-        """Documents of the corpus, one at a time: each one's row, then its chunks."""
-        c = self.cfg.corpus
-        max_bytes = int(c.max_file_mb * 1024 * 1024)
-        options = {"jsonl_text_field": c.jsonl.text_field, "jsonl_id_field": c.jsonl.id_field}
-        large: list[Document] = []  # streamed after the rest, never held whole
+        """Documents of the corpus, one at a time: each one's row, then its chunks (read as
+        ``docroute plan`` reads them: ``pipeline.corpus.read_corpus``)."""
+        return read_corpus(
+            self.cfg, run_id=self.run_id, counter=self.counter, residency=self.residency
+        )
 
-        def whole() -> Iterator[Document]:
-            for doc in discover(c.path, c.include, c.exclude):
-                if should_stream(doc):
-                    large.append(doc)
-                else:
-                    yield doc
+    def rerun_chunks(self, selection: Selection) -> Iterator[Chunk]:
+        """The parent run's chunks that ``selection`` takes.
 
-        for doc, extracted in extract_many(
-            whole(), max_bytes=max_bytes, workers=c.extract_workers, options=options
-        ):
-            if isinstance(extracted, DocumentError):
-                row = self._doc_row(
-                    doc, "error", reason=extracted.reason, message=extracted.message
-                )
-                yield row
-                continue
-            decision = self.residency.decide(doc.path)
-            chunks = list(
-                chunk_document(
-                    doc,
-                    extracted.text,
-                    max_tokens=self.cfg.chunking.max_tokens,
-                    overlap_tokens=self.cfg.chunking.overlap_tokens,
-                    counter=self.counter,
-                    regions=decision.regions,
-                    residency_rule=decision.rule,
-                    page_starts=extracted.page_starts,
-                )
-            )
-            yield self._doc_row(
-                doc, "ok", encoding=extracted.encoding, note=extracted.note, chunks=len(chunks)
-            )
-            yield from chunks
-
-        for doc in large:
-            yield from self._streamed(doc, max_bytes)
-
-    def _streamed(self, doc: Document, max_bytes: int) -> Iterator[Chunk | DocumentRow]:
-        """A large plain-text document's chunks, read in blocks; then its row."""
-        try:
-            stream = open_text_stream(doc, max_bytes=max_bytes)
-        except DocumentError as exc:
-            yield self._doc_row(doc, "error", reason=exc.reason, message=exc.message)
-            return
-        decision = self.residency.decide(doc.path)
-        count = 0
-        for chunk in chunk_stream(
-            doc,
-            stream.blocks(),
-            max_tokens=self.cfg.chunking.max_tokens,
-            overlap_tokens=self.cfg.chunking.overlap_tokens,
-            counter=self.counter,
-            regions=decision.regions,
-            residency_rule=decision.rule,
-        ):
-            count += 1
-            yield chunk
-        if count == 0:
-            message = f"{doc.path}: no text, only whitespace ({doc.size_bytes} bytes)"
-            yield self._doc_row(doc, "error", reason="empty", message=message)
-            return
-        yield self._doc_row(doc, "ok", encoding=stream.encoding, note=stream.note, chunks=count)
-
-    def rerun_chunks(self, parent_run_id: str, statuses: Sequence[str]) -> Iterator[Chunk]:
-        """The parent run's chunks whose result has one of ``statuses``, with today's residency."""
-        marks = ", ".join("?" for _ in statuses)
+        Their regions are today's decision narrowed to the parent's: a rerun may be
+        stricter than the run it repairs, never looser (a document whose front matter
+        said ``eu`` may be gone from disk by now).
+        """
+        where, params = selection.sql()
         rows = self.store.read(
             "SELECT c.chunk_id, c.doc_id, c.path, c.index, c.char_start, c.char_end, "
-            "c.token_estimate, c.text, coalesce(c.pages, []::INTEGER[]) "
+            "c.token_estimate, c.text, coalesce(c.pages, []::INTEGER[]), c.regions "
             "FROM chunks c JOIN results r ON r.run_id = c.run_id AND r.chunk_id = c.chunk_id "
-            f"WHERE c.run_id = ? AND r.status IN ({marks}) ORDER BY c.path, c.index",
-            [parent_run_id, *statuses],
+            f"WHERE c.run_id = ? AND {where} ORDER BY c.path, c.index",
+            [selection.parent_run_id, *params],
         )
-        for chunk_id, doc_id, path, index, start, end, tokens, text, pages in rows.rows:
+        for chunk_id, doc_id, path, index, start, end, tokens, text, pages, before in rows.rows:
             decision = self.residency.decide(path)
+            regions = tuple(r for r in decision.regions if r in set(before))
             yield Chunk(
                 chunk_id=chunk_id,
                 doc_id=doc_id,
@@ -254,7 +290,7 @@ class Run:
                 char_end=end,
                 token_estimate=tokens,
                 text=text,
-                regions=decision.regions,
+                regions=regions,
                 residency_rule=decision.rule,
                 pages=tuple(pages),
             )
@@ -264,9 +300,13 @@ class Run:
         size = self.cfg.routing.batch_size
         chunks: list[Chunk] = []
         docs: list[DocumentRow] = []
+        prior = self.prior
         for item in items:
             if isinstance(item, DocumentRow):
-                docs.append(item)
+                if item.doc_id not in prior.documents:  # a resumed run stored it already
+                    docs.append(item)
+                continue
+            if item.chunk_id in prior.done:  # committed by an earlier attempt of this run
                 continue
             chunks.append(item)
             if len(chunks) >= size:
@@ -282,47 +322,53 @@ class Run:
     # -- doing it -------------------------------------------------------------------------
 
     async def process_batch(self, batch: Batch) -> BatchOutcome:
-        """Dispatch a batch and commit its rows; returns what it produced."""
+        """Dispatch a batch and commit its rows; returns what it produced.
+
+        Chunks whose idempotency key already has a succeeded answer in the run family
+        reuse it (no call). Every attempt and every result is journaled the moment it
+        exists, so a kill before the parts are written loses neither.
+        """
         self.progress.documents += len(batch.documents)
         self.progress.document_errors += sum(d.status == "error" for d in batch.documents)
         self.store.write_rows("documents", self.run_id, batch.documents)
-        self.store.write_rows(
-            "chunks", self.run_id, [_chunk_row(self.run_id, c) for c in batch.chunks]
-        )
+        fresh = [c for c in batch.chunks if c.chunk_id not in self.prior.chunks]
+        self.store.write_rows("chunks", self.run_id, [_chunk_row(self.run_id, c) for c in fresh])
+        keys = {c.chunk_id: self.versions.key(c.text) for c in batch.chunks}
+        reused = self._reused(batch.chunks, keys)
+        todo = [c for c in batch.chunks if c.chunk_id not in reused]
         with Journal.open(self.store.root, self.run_id, batch.batch_id) as journal:
+
+            def finished(result: Result) -> None:
+                result = self._stamp(result, keys[result.chunk_id])
+                journal.append_result(result)
+                self.progress.add(result)
+
+            for result in reused.values():
+                finished(result)
             outcome = await self.dispatcher.run_batch(
-                batch.chunks, on_result=self.progress.add, on_entry=journal.append
+                todo, on_result=finished, on_entry=journal.append
             )
+            results = [*reused.values(), *outcome.results]
+            outcome.results = [self._stamp(r, keys[r.chunk_id]) for r in results]
             self.store.write_rows("ledger", self.run_id, outcome.ledger)
             self.store.write_rows("results", self.run_id, outcome.results)
             journal.commit()
+        for result in outcome.results:
+            if result.status == "succeeded" and result.idem_key:
+                self.reuse.add(result.idem_key, self.run_id)
         return outcome
 
-    # -- records --------------------------------------------------------------------------
+    def _reused(self, chunks: Sequence[Chunk], keys: dict[str, str]) -> dict[str, Result]:
+        """Results for chunks whose answer the family already has (no call is made)."""
+        return self.reuse.results(self.store, chunks, keys, self.run_id, self.schema.name)
 
-    def _doc_row(
-        self,
-        doc: Document,
-        status: DocumentStatus,
-        *,
-        reason: str | None = None,
-        message: str | None = None,
-        encoding: str | None = None,
-        note: str | None = None,
-        chunks: int = 0,
-    ) -> DocumentRow:
-        return DocumentRow(
-            run_id=self.run_id,
-            doc_id=doc.doc_id,
-            path=doc.path,
-            size_bytes=doc.size_bytes,
-            status=status,
-            reason=reason,
-            message=message,
-            encoding=encoding,
-            note=note,
-            chunks=chunks,
-        )
+    def _stamp(self, result: Result, key: str) -> Result:
+        """``result`` with the run's schema version and the chunk's idempotency key."""
+        if result.idem_key == key and result.schema_version == self.versions.schema_version:
+            return result
+        return replace(result, idem_key=key, schema_version=self.versions.schema_version)
+
+    # -- records --------------------------------------------------------------------------
 
     def _record(
         self, status: RunStatus, *, finished: bool = False, message: str | None = None
@@ -340,7 +386,7 @@ class Run:
                 config_hash=self.cfg.fingerprint(),
                 corpus=str(self.cfg.corpus.path),
                 schema_name=self.schema.name,
-                budget_usd=self.cfg.budget.run_usd,
+                budget_usd=self.budget.cap_usd,
                 spend_usd=self.budget.spent_usd,
                 documents=p.documents,
                 document_errors=p.document_errors,
@@ -350,8 +396,33 @@ class Run:
                 skipped=p.skipped,
                 message=message,
                 token_counter=self.counter.name,
+                family_id=self.family_id,
+                schema_version=self.versions.schema_version,
+                prompt_version=self.versions.prompt_version,
+                model_policy=self.versions.model_policy,
+                selection=self.selection.to_json() if self.selection else None,
             )
         )
+
+    def _write_prices(self) -> None:
+        """The prices this attempt of the run counts with, for ``docroute audit``."""
+        rows = [
+            PriceRow(
+                run_id=self.run_id,
+                provider=e.provider,
+                model=e.model,
+                region=e.region,
+                input_per_mtok=e.price.input_per_mtok,
+                output_per_mtok=e.price.output_per_mtok,
+                cached_input_per_mtok=e.price.cached_input_per_mtok,
+                cache_write_per_mtok=e.price.cache_write_per_mtok,
+                context_window=e.price.context_window,
+                max_output_tokens=e.price.max_output_tokens,
+                priced_at=e.price.priced_at,
+            )
+            for e in self.router.endpoints
+        ]
+        self.store.write_rows("prices", self.run_id, rows)
 
     def summary(self) -> dict[str, Any]:
         """What a person wants to see at the end: counts, spend, where the data went."""
@@ -401,6 +472,8 @@ def _dispatch_settings(cfg: Config, default_instructions: str) -> DispatchSettin
         concurrency=r.concurrency,
         cooldown_after=r.cooldown_after_failures,
         cooldown_s=r.cooldown_s,
+        strategy=strategy_from_config(r, get_schema(cfg.task.schema_name).model.model_fields),
+        on_exhausted=cfg.budget.on_exhausted,
     )
 
 

@@ -49,7 +49,11 @@ def sim_env(simulator: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def sample_config_data() -> dict[str, Any]:
-    return yaml.safe_load((EXAMPLES / "docroute.yaml").read_text())
+    data: dict[str, Any] = yaml.safe_load((EXAMPLES / "docroute.yaml").read_text())
+    manifest = data["corpus"].get("residency_manifest")
+    if manifest:  # the sample's own manifest, wherever a test writes the config
+        data["corpus"]["residency_manifest"] = str(EXAMPLES / manifest)
+    return data
 
 
 def write_config(tmp_path: Path, data: dict[str, Any], corpus: Path | None = None) -> Path:

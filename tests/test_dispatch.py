@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from pipeline.dispatch import Dispatcher, DispatchSettings
 from pipeline.models import Chunk, LedgerEntry, Result
-from pipeline.policy import BudgetGuard, Endpoint, Router
+from pipeline.policy import BudgetGuard, Endpoint, Ordered, Router
 from pipeline.prices import Price
 from pipeline.providers import EndpointSettings, build_provider
 from pipeline.simulator import EndpointProfile
@@ -25,9 +26,11 @@ TEXT = (
 )
 
 
-def _chunk(regions: tuple[str, ...] = ("eu",), text: str = TEXT, n: int = 0) -> Chunk:
+def _chunk(
+    regions: tuple[str, ...] = ("eu",), text: str = TEXT, n: int = 0, doc: str = "doc"
+) -> Chunk:
     return Chunk(
-        f"chunk-{n}", "doc", "eu/a.txt", n, 0, len(text), len(text) // 4, text, regions, "eu/**"
+        f"chunk-{n}", doc, "eu/a.txt", n, 0, len(text), len(text) // 4, text, regions, "eu/**"
     )
 
 
@@ -49,6 +52,7 @@ class Harness:
         simulator: Any,
         specs: Sequence[tuple[str, str, float, EndpointProfile]],
         cap: float = 10.0,
+        document_cap: float | None = None,
         **settings: Any,
     ) -> None:
         self.sim = simulator
@@ -71,7 +75,7 @@ class Harness:
                 ),
             )
             endpoints.append(_endpoint(name, region, price, i))
-        self.budget = BudgetGuard(cap)
+        self.budget = BudgetGuard(cap, document_cap_usd=document_cap)
 
         async def sleep(s: float) -> None:
             self.delays.append(s)
@@ -252,3 +256,89 @@ def test_spend_never_exceeds_cap_with_many_calls_in_flight(simulator: Any) -> No
         was_sent = _sha(by_id[r.chunk_id].text) in served
         assert was_sent == (r.status == "succeeded"), (r.chunk_id, r.status)
     assert len(results) == len({r.chunk_id for r in results}) == 400
+
+
+def _excluded(result: Result) -> list[tuple[str, str]]:
+    return [(x["endpoint"], x["reason"]) for x in json.loads(result.excluded or "[]")]
+
+
+def _copies(n: int, start: int = 0, doc: str = "doc") -> list[Chunk]:
+    return [_chunk(text=f"{TEXT} Copy {i}.", n=i, doc=doc) for i in range(start, start + n)]
+
+
+DEAR_FIRST = [
+    ("eu-dear", "eu", 5.0, EndpointProfile()),
+    ("eu-cheap", "eu", 0.05, EndpointProfile()),
+]
+
+
+def test_on_exhausted_stop_skips_when_the_first_choice_does_not_fit(simulator: Any) -> None:
+    h = Harness(simulator, DEAR_FIRST, cap=0.01, strategy=Ordered())  # dear's worst case > cap
+    results, ledger = h.run(_copies(5))
+    assert {(r.status, r.reason) for r in results} == {("skipped", "budget_exhausted")}
+    assert simulator.requests() == [] and {e.outcome for e in ledger} == {"budget_exhausted"}
+
+
+def test_on_exhausted_downgrade_moves_to_cheaper_models_under_a_ceiling(simulator: Any) -> None:
+    h = Harness(simulator, DEAR_FIRST, cap=0.01, strategy=Ordered(), on_exhausted="downgrade")
+    first, ledger_1 = h.run(_copies(5))
+    assert {(r.status, r.provider) for r in first} == {("succeeded", "eu-cheap")}
+    assert all(_excluded(r) == [("eu-dear/model-eu-dear", "budget_downgrade")] for r in first)
+    assert {e.outcome for e in ledger_1} == {"ok"}, "a downgrade that works is no refusal"
+    # From then on the run routes under the ceiling: dear is left out before any reservation.
+    later, _ = h.run(_copies(5, start=5))
+    assert all(_excluded(r) == [("eu-dear/model-eu-dear", "budget_downgrade")] for r in later)
+    assert simulator.requests("eu-dear") == []
+    assert h.budget.spent_usd <= 0.01
+
+
+def test_downgrade_stays_within_the_cap_when_the_cheaper_models_run_out_too(
+    simulator: Any,
+) -> None:
+    h = Harness(simulator, DEAR_FIRST, cap=0.0006, strategy=Ordered(), on_exhausted="downgrade")
+    results, ledger = h.run(_copies(60))
+    spend = sum(e.cost_usd for e in ledger)
+    assert spend <= 0.0006
+    assert {r.status for r in results} == {"succeeded", "skipped"}
+    assert {r.reason for r in results if r.status == "skipped"} == {"budget_exhausted"}
+    assert simulator.requests("eu-dear") == []
+    assert len(results) == len({r.chunk_id for r in results}) == 60
+
+
+def test_document_cap_holds_per_document_and_leaves_other_documents_alone(
+    simulator: Any,
+) -> None:
+    h = Harness(
+        simulator,
+        [("eu-a", "eu", 1.0, EndpointProfile(latency_ms=(5, 20)))],
+        document_cap=0.006,
+        concurrency=50,
+    )
+    big, small = _copies(30, doc="doc-big"), _copies(3, start=30, doc="doc-small")
+    results, ledger = h.run(big + small)
+    by_doc = {c.chunk_id: c.doc_id for c in big + small}
+    spend = {d: sum(e.cost_usd for e in ledger if by_doc[e.chunk_id] == d) for d in by_doc.values()}
+    assert spend["doc-big"] <= 0.006, spend
+    worst = max(e.reserved_usd for e in ledger)
+    assert spend["doc-big"] + worst > 0.006, "the document's cap is used while a call still fits"
+    big_results = [r for r in results if r.doc_id == "doc-big"]
+    assert {r.status for r in big_results} == {"succeeded", "skipped"}
+    skipped = [r for r in big_results if r.status == "skipped"]
+    assert all(
+        r.reason == "budget_exhausted" and "document budget" in (r.error or "") for r in skipped
+    )
+    assert {r.status for r in results if r.doc_id == "doc-small"} == {"succeeded"}
+
+
+def test_document_shortfall_downgrades_that_chunk_only(simulator: Any) -> None:
+    h = Harness(
+        simulator,
+        DEAR_FIRST,
+        document_cap=0.01,  # dear's worst case fits the run, never one document
+        strategy=Ordered(),
+        on_exhausted="downgrade",
+    )
+    results, _ = h.run(_copies(2))
+    assert {(r.status, r.provider) for r in results} == {("succeeded", "eu-cheap")}
+    plan = h.dispatcher.router.plan(_chunk(), prompt_tokens=500, max_output_tokens=600)
+    assert [e.provider for e in plan.candidates] == ["eu-cheap", "eu-dear"], "no run ceiling"

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeline.config import CorpusConfig
-from pipeline.models import Chunk, Usage
-from pipeline.policy import BudgetGuard, Endpoint, Residency, Router
+from pipeline.models import Chunk, LedgerEntry, Usage
+from pipeline.policy import BudgetGuard, Endpoint, Hold, Residency, Router, Shortfall
 from pipeline.prices import Price, load_price_table
 
 
@@ -119,3 +122,139 @@ def test_budget_holds_with_hundreds_of_calls_in_flight() -> None:
     assert guard.spent_usd == pytest.approx(sum(spent))
     assert guard.reserved_usd == pytest.approx(0.0, abs=1e-12)
     assert sum(spent) > 0.03, "the guard should let most of the budget be used"
+
+
+def test_a_document_reservation_takes_from_both_caps_or_from_neither() -> None:
+    guard = BudgetGuard(cap_usd=1.0, document_cap_usd=0.3)
+
+    async def go() -> None:
+        a = await guard.claim(0.2, "doc-a")
+        assert isinstance(a, Hold) and guard.reserved_usd == pytest.approx(0.2)
+        assert guard.try_reserve(0.2, "doc-a") is None  # doc-a: 0.2 held + 0.2 > 0.3
+        assert guard.reserved_usd == pytest.approx(0.2), "a refusal reserves nothing"
+        guard.settle(a, 0.05)
+        b = await guard.claim(0.2, "doc-a")  # 0.05 spent + 0.2 fits doc-a's 0.3
+        assert isinstance(b, Hold)
+        # 0.05 + 0.3 > 0.3 even if b settled at 0: refused at once, with the scope.
+        assert await guard.claim(0.3, "doc-a") == Shortfall("document", pytest.approx(0.05))
+        assert isinstance(await guard.claim(0.25, "doc-b"), Hold), "doc-b has its own cap"
+        assert await guard.claim(0.96) == Shortfall("run", pytest.approx(0.5))
+        guard.settle(b, 0.2)
+        assert guard.document_spent_usd("doc-a") == pytest.approx(0.25)
+
+    asyncio.run(asyncio.wait_for(go(), timeout=5))
+
+
+def test_run_and_document_caps_hold_with_hundreds_of_calls_over_many_documents() -> None:
+    guard = BudgetGuard(cap_usd=0.05, document_cap_usd=0.008)
+    rng = random.Random(11)
+    spent: dict[str, float] = {}
+
+    async def call(doc: str) -> None:
+        worst = rng.uniform(0.0005, 0.002)
+        hold = await guard.reserve(worst, doc)
+        if hold is None:
+            return
+        await asyncio.sleep(rng.uniform(0, 0.01))
+        actual = worst * rng.uniform(0.1, 1.0)
+        spent[doc] = spent.get(doc, 0.0) + actual
+        guard.settle(hold, actual)
+
+    async def go() -> None:
+        await asyncio.gather(*(call(f"doc-{i % 9}") for i in range(400)))
+
+    asyncio.run(go())
+    assert sum(spent.values()) <= 0.05
+    assert max(spent.values()) <= 0.008
+    assert guard.reserved_usd == pytest.approx(0.0, abs=1e-12)
+    assert sum(spent.values()) > 0.03
+
+
+def test_a_zero_cap_refuses_everything() -> None:
+    guard = BudgetGuard(cap_usd=0.0)
+    assert guard.try_reserve(1e-9) is None
+    assert asyncio.run(guard.claim(1e-9)) == Shortfall("run", 0.0)
+    with pytest.raises(ValueError, match="must not be negative"):
+        BudgetGuard(cap_usd=-1.0)
+
+
+def _spend(run_id: str, cost: float, days_ago: float) -> LedgerEntry:
+    return LedgerEntry(
+        run_id=run_id,
+        chunk_id="c",
+        attempt=1,
+        provider="p",
+        model="m",
+        region="eu",
+        mode="sync",
+        started_at=time.time() - days_ago * 86_400,
+        latency_ms=1.0,
+        input_tokens=1,
+        output_tokens=1,
+        cached_input_tokens=0,
+        cache_write_tokens=0,
+        cost_usd=cost,
+        reserved_usd=cost,
+        outcome="ok",
+        http_status=200,
+        error=None,
+    )
+
+
+def _open_run(tmp_path: Path, earlier: dict[str, list[LedgerEntry]], **budget: Any) -> Any:
+    """Write ``earlier`` runs' ledger rows, open a new run; return (cap, results, requests)."""
+    from pipeline.config import load_config
+    from pipeline.run import Run, new_run_id
+    from pipeline.store import Store
+    from tests.conftest import sample_config_data, write_config
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = sample_config_data()
+    data["budget"] = budget
+    data["corpus"].pop("residency_manifest", None)  # the chunk below carries its regions
+    cfg = load_config(write_config(tmp_path, data))
+    store = Store(cfg.output.root)
+    for run_id, entries in earlier.items():
+        store.write_rows("ledger", run_id, entries)
+    eu = Chunk(
+        "c1",
+        "d",
+        "eu/a.txt",
+        0,
+        0,
+        40,
+        10,
+        "Acme GmbH pays EUR 100 on 3 May 2025.",
+        ("eu",),
+        "eu/**",
+    )
+
+    async def go() -> Any:
+        async with Run.open(cfg, run_id=new_run_id(), flow="test") as run:
+            outcome = await run.dispatcher.run_batch([eu])
+            return run.budget.cap_usd, outcome.results
+
+    return asyncio.run(go())
+
+
+def test_monthly_cap_leaves_a_run_what_the_last_30_days_left(tmp_path: Path, sim_env: Any) -> None:
+    earlier = {
+        "20261101-020000-aaaaaa": [
+            _spend("20261101-020000-aaaaaa", 0.3, 2),
+            _spend("20261101-020000-aaaaaa", 0.4, 20),
+        ],
+        "20260901-020000-bbbbbb": [_spend("20260901-020000-bbbbbb", 5.0, 45)],  # outside
+    }
+    cap, (result,) = _open_run(tmp_path, earlier, run_usd=0.5, monthly_usd=1.0)
+    assert cap == pytest.approx(0.3)  # min(0.5, 1.0 - 0.7)
+    assert result.status == "succeeded"
+    cap, _ = _open_run(tmp_path / "2", {}, run_usd=0.5, monthly_usd=1.0)
+    assert cap == pytest.approx(0.5), "nothing spent in the window: the run cap binds"
+
+
+def test_monthly_cap_spent_skips_every_chunk_without_a_call(tmp_path: Path, sim_env: Any) -> None:
+    earlier = {"20261101-020000-aaaaaa": [_spend("20261101-020000-aaaaaa", 1.2, 3)]}
+    cap, (result,) = _open_run(tmp_path, earlier, run_usd=0.5, monthly_usd=1.0)
+    assert cap == 0.0
+    assert (result.status, result.reason, result.attempts) == ("skipped", "budget_exhausted", 0)
+    assert sim_env.requests() == []

@@ -30,6 +30,7 @@ def test_prefect_yaml_declares_the_nightly_process_deployment() -> None:
 
     flow = getattr(flows.nightly, name)
     assert flow.name == "nightly-batch"
+    assert flow.retries and flow.retries >= 1, "a failed scheduled run is retried (and resumed)"
     assert set(dep["parameters"]) <= set(flow.parameters.properties)
 
 

@@ -28,6 +28,7 @@ from pipeline.store import (
     TABLES,
     CatalogLockedError,
     DocumentRow,
+    PriceRow,
     QueryError,
     QueryResult,
     ReadOnlyQueryError,
@@ -118,6 +119,21 @@ def document(run_id: str = "r1") -> DocumentRow:
     )
 
 
+def price_row(run_id: str = "r1") -> PriceRow:
+    return PriceRow(
+        run_id=run_id,
+        provider="openai-eu",
+        model="gpt-4o-mini",
+        region="eu",
+        input_per_mtok=0.15,
+        output_per_mtok=0.6,
+        cached_input_per_mtok=0.075,
+        context_window=128_000,
+        max_output_tokens=16_384,
+        priced_at="2026-11-01",
+    )
+
+
 def run_record(run_id: str = "r1", **changes: Any) -> RunRecord:
     base = RunRecord(
         run_id=run_id,
@@ -151,6 +167,7 @@ ROWS: dict[str, Callable[[], list[Any]]] = {
     "ledger": lambda: [ledger(0), ledger(1)],
     "documents": lambda: [document()],
     "runs": lambda: [run_record(updated_at=T0 + 5, finished_at=T0 + 4, message="done")],
+    "prices": lambda: [price_row()],
 }
 
 
@@ -218,6 +235,7 @@ def test_schemas_match_the_dataclasses() -> None:
         "ledger": LedgerEntry,
         "documents": DocumentRow,
         "runs": RunRecord,
+        "prices": PriceRow,
     }
     for table, kind in pairs.items():
         fields = {f.name: f for f in dataclasses.fields(kind)}
@@ -266,7 +284,7 @@ def test_catalog_follows_a_moved_root(tmp_path: Path) -> None:
     (tmp_path / "a").rename(tmp_path / "b")
     moved = Store(tmp_path / "b")
     assert moved.query("SELECT count(*) FROM ledger").rows == [(1,)]
-    assert moved.query("SHOW TABLES").rows == [(t,) for t in sorted(TABLES)]
+    assert moved.query("SHOW TABLES").rows == [(t,) for t in sorted([*TABLES, "effective_results"])]
 
 
 def test_missing_table_folder_is_explained(store: Store) -> None:

@@ -12,8 +12,9 @@
 
 Modules: ``discovery`` (the walk), ``extraction`` (the suffix → extractor table and the
 checks every format shares), ``pool`` (``extract_many``), one module per format
-(``plaintext`` for .txt and .md, ``html_page``, ``pdf``, ``docx_file``, ``jsonl``), and
-``base`` (the shared types).
+(``plaintext`` for .txt and .md, ``html_page``, ``pdf``, ``docx_file``, ``jsonl``),
+``frontmatter`` (the YAML block atop .md/.txt files: document metadata), and ``base``
+(the shared types).
 """
 
 from pipeline.ingest.base import (
@@ -22,6 +23,7 @@ from pipeline.ingest.base import (
     ExtractedText,
     ExtractOptions,
     Extractor,
+    Unparsed,
 )
 from pipeline.ingest.discovery import discover
 from pipeline.ingest.extraction import EXTRACTORS, extract_text
@@ -36,6 +38,7 @@ __all__ = [
     "Extracted",
     "ExtractedText",
     "Extractor",
+    "Unparsed",
     "discover",
     "extract_many",
     "extract_text",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from pipeline.models import Document
 
@@ -24,6 +24,7 @@ __all__ = [
     "ExtractOptions",
     "ExtractedText",
     "Extractor",
+    "Unparsed",
 ]
 
 #: ``encrypted``: needs a password; ``no_text``: parsed, but holds no text (a scanned PDF,
@@ -70,6 +71,21 @@ class ExtractedText:
     note: str | None = None
     page_starts: tuple[int, ...] = ()
     """For paged formats: the offset in ``text`` where each page begins (page 1 first)."""
+    metadata: tuple[Mapping[str, Any], ...] = ()
+    """What the document says about itself, one mapping per part that says anything: the
+    YAML front matter of a ``.md``/``.txt`` file (one mapping); for ``.jsonl``, the
+    distinct values of ``ExtractOptions.metadata_field`` among its records, each as
+    ``{field: value}``. Empty when the document carries no metadata. Residency reads it
+    (``pipeline.policy.residency``); the text itself is left as written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unparsed:
+    """A metadata value that was there but could not be read, e.g. front matter that is
+    not valid YAML yet names the metadata field. Readers must treat it as "unknown", never
+    as absent: residency denies every region rather than fall back to path rules."""
+
+    why: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +100,9 @@ class ExtractOptions:
     """The field of each JSONL record that holds its text."""
     jsonl_id_field: str = "id"
     """The field of each JSONL record that holds its id, shown as ``[id]`` above its text."""
+    metadata_field: str = "residency"
+    """The metadata field kept from each JSONL record (``ExtractedText.metadata``); front
+    matter is kept whole, and this field is what marks broken front matter as ``Unparsed``."""
 
     @classmethod
     def of(cls, options: ExtractOptions | Mapping[str, str] | None) -> ExtractOptions:

@@ -11,6 +11,11 @@ in brackets on a line of its own (left out when the record has none), then its t
 sections are joined by a blank line, so the chunker cuts between records. The whole file
 is one document.
 
+Records may carry metadata: the distinct values of ``ExtractOptions.metadata_field``
+(default ``residency``) among the usable records become ``ExtractedText.metadata``, one
+``{field: value}`` each; residency combines them (records that disagree: the
+intersection, see ``pipeline.policy.residency``).
+
 A line that is not a JSON object, or whose text field is missing, not a string or blank,
 is skipped and counted in ``note``; blank lines are not counted. A file with no usable
 record at all is ``no_text``. Bytes are decoded as for plain text (``decode_text``).
@@ -19,6 +24,7 @@ record at all is ``no_text``. Bytes are decoded as for plain text (``decode_text
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from pipeline.ingest.base import DocumentError, ExtractedText, ExtractOptions
 from pipeline.ingest.plaintext import decode_text
@@ -34,7 +40,15 @@ def extract_jsonl(doc: Document, data: bytes, options: ExtractOptions) -> Extrac
     decoded = decode_text(doc, data)
     # split("\n"), not splitlines(): U+2028 and friends may sit unescaped inside a string.
     lines = [line for line in decoded.text.split("\n") if line.strip()]
-    sections = [s for s in (_section(line, options) for line in lines) if s is not None]
+    sections: list[str] = []
+    metadata: dict[str, dict[str, Any]] = {}  # distinct values of the metadata field
+    for record in (_record(line, options) for line in lines):
+        if record is None:
+            continue
+        section, meta = record
+        sections.append(section)
+        if meta is not None:
+            metadata.setdefault(json.dumps(meta, sort_keys=True, default=str), meta)
     why = f"not JSON or no {options.jsonl_text_field!r} field"
     if not sections:
         raise DocumentError(
@@ -48,11 +62,13 @@ def extract_jsonl(doc: Document, data: bytes, options: ExtractOptions) -> Extrac
         text=SECTION_SEPARATOR.join(sections),
         encoding=decoded.encoding,
         note="; ".join(notes) or None,
+        metadata=tuple(metadata.values()),
     )
 
 
-def _section(line: str, options: ExtractOptions) -> str | None:
-    """The record's section, or ``None`` when the line has no usable record."""
+def _record(line: str, options: ExtractOptions) -> tuple[str, dict[str, Any] | None] | None:
+    """The record's section and its metadata (``{field: value}``, or ``None`` when it has
+    no such field), or ``None`` when the line has no usable record."""
     try:
         record = json.loads(line)
     except (ValueError, RecursionError):  # not JSON, a number too long, nesting too deep
@@ -62,7 +78,9 @@ def _section(line: str, options: ExtractOptions) -> str | None:
     text = record.get(options.jsonl_text_field)
     if not isinstance(text, str) or not text.strip():
         return None
+    field = options.metadata_field
+    meta = {field: record[field]} if field in record else None
     record_id = record.get(options.jsonl_id_field)
     if record_id is None or isinstance(record_id, dict | list):
-        return text.strip()
-    return f"[{record_id}]\n{text.strip()}"
+        return text.strip(), meta
+    return f"[{record_id}]\n{text.strip()}", meta

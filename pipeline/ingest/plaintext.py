@@ -8,7 +8,8 @@ UTF-8 first (a leading byte-order mark is dropped); bytes that are not UTF-8 are
 cp1252 (what Windows tools write), and when even that fails, as latin-1, which accepts
 every byte. The text is kept exactly as decoded, newlines included: chunk offsets refer to
 it. Markdown is kept as written too; its blank lines and headings are what the chunker
-splits on.
+splits on. YAML front matter (``---`` … ``---`` at the top) stays in the text and is also
+read into ``ExtractedText.metadata``.
 
 Binary content is refused as ``binary``: a file that starts like a compressed or container
 format (gzip, zip, PDF) is named as such, and any other file with a NUL byte in its first
@@ -18,8 +19,10 @@ format (gzip, zip, PDF) is named as such, and any other file with a NUL byte in 
 from __future__ import annotations
 
 import codecs
+from dataclasses import replace
 
 from pipeline.ingest.base import DocumentError, ExtractedText, ExtractOptions
+from pipeline.ingest.frontmatter import front_matter
 from pipeline.models import Document
 
 __all__ = ["BINARY_SNIFF_BYTES", "decode_text", "extract_plain"]
@@ -38,8 +41,11 @@ _FALLBACKS = ("cp1252", "latin-1")
 
 
 def extract_plain(doc: Document, data: bytes, options: ExtractOptions) -> ExtractedText:
-    """The text of a plain-text or markdown file (see the module docstring)."""
-    return decode_text(doc, data)
+    """The text of a plain-text or markdown file (see the module docstring), with its YAML
+    front matter, if any, as ``metadata`` (``pipeline.ingest.frontmatter``)."""
+    decoded = decode_text(doc, data)
+    meta = front_matter(decoded.text, field=options.metadata_field)
+    return decoded if meta is None else replace(decoded, metadata=(meta,))
 
 
 def decode_text(doc: Document, data: bytes) -> ExtractedText:

@@ -1,19 +1,43 @@
 """Policy: residency (where a chunk may go), budget (what a run may spend), routing (order)."""
 
-from pipeline.policy.budget import BudgetGuard, Hold
+from pipeline.policy.budget import MONTH_WINDOW_S, BudgetGuard, Hold, Shortfall
 from pipeline.policy.limits import EndpointGate
 from pipeline.policy.residency import Decision, Residency
-from pipeline.policy.routing import Endpoint, Router, cost_bound, endpoints_from_config, output_cap
+from pipeline.policy.routing import (
+    Cascade,
+    Cheapest,
+    Endpoint,
+    Exclusion,
+    Ordered,
+    Plan,
+    Router,
+    Strategy,
+    cost_bound,
+    endpoints_from_config,
+    output_cap,
+    reservation_usd,
+    strategy_from_config,
+)
 
 __all__ = [
+    "MONTH_WINDOW_S",
     "BudgetGuard",
+    "Cascade",
+    "Cheapest",
     "Decision",
     "Endpoint",
     "EndpointGate",
+    "Exclusion",
     "Hold",
+    "Ordered",
+    "Plan",
     "Residency",
     "Router",
+    "Shortfall",
+    "Strategy",
     "cost_bound",
     "endpoints_from_config",
     "output_cap",
+    "reservation_usd",
+    "strategy_from_config",
 ]

@@ -1,19 +1,21 @@
-"""A hard USD cap that holds with any number of calls in flight.
+"""Hard USD caps that hold with any number of calls in flight: per run, optionally per document.
 
-    guard = BudgetGuard(cap_usd=5.0)
-    hold = await guard.reserve(0.012)      # worst case of the call; None: cannot be afforded
-    ...                                     # make the call
-    guard.settle(hold, actual_usd=0.004)   # what the ledger says it cost
+    guard = BudgetGuard(cap_usd=5.0, document_cap_usd=0.5)
+    hold = await guard.reserve(0.012, document="doc-1")  # worst case; None: cannot be afforded
+    ...                                                  # make the call
+    guard.settle(hold, actual_usd=0.004)                 # what the ledger says it cost
 
 Before each call the worst case (every prompt token plus the maximum output at the
 model's price) is reserved; after it the reservation is replaced by the actual cost.
-``spent + reserved`` never exceeds the cap, so no interleaving of calls can overshoot it.
-When a reservation does not fit but other calls are still in flight, ``reserve`` waits
-for them to settle (they usually cost far less than reserved) and only answers ``None``
-when nothing is in flight and it still does not fit.
+``spent + reserved`` never exceeds a cap, so no interleaving of calls can overshoot it.
+With a per-document cap a reservation is taken from the document's account and the run's
+at once, under one lock, or from neither. When a reservation does not fit but calls that
+hold the missing room are still in flight, ``reserve`` waits for them to settle (they
+usually cost far less than reserved) and only gives up when settling could not help.
+``claim`` is ``reserve`` that says which cap refused (a ``Shortfall``).
 
 The guard is safe to share across threads and event loops (a lock guards the sums; a
-waiting caller polls, which only happens close to the cap).
+waiting caller polls, which only happens close to a cap).
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import asyncio
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Literal
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.01
+#: The rolling window of ``budget.monthly_usd``: 30 days.
+MONTH_WINDOW_S = 30 * 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,52 +38,104 @@ class Hold:
     """A reservation; settle it exactly once."""
 
     amount_usd: float
+    document: str | None = None
+    """The document account it was also taken from (None: the run's only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shortfall:
+    """Why a reservation was refused: the cap that cannot cover it and what is left of it."""
+
+    scope: Literal["run", "document"]
+    remaining_usd: float
+
+    def describe(self, amount_usd: float, what: str) -> str:
+        return (
+            f"the {self.scope} budget cannot cover {amount_usd:.6f} USD for {what} "
+            f"({max(self.remaining_usd, 0.0):.6f} USD left)"
+        )
+
+
+@dataclass(slots=True)
+class _Account:
+    """One cap's sums. ``reserved`` is held by ``in_flight`` calls."""
+
+    cap: float
+    spent: float = 0.0
+    reserved: float = 0.0
+    in_flight: int = 0
+
+    def fits(self, amount: float) -> bool:
+        return self.spent + self.reserved + amount <= self.cap
+
+    def hopeless(self, amount: float) -> bool:
+        """True if settling every call in flight could not make ``amount`` fit."""
+        return self.in_flight == 0 or self.spent + amount > self.cap
+
+    def take(self, amount: float) -> None:
+        self.reserved += amount
+        self.in_flight += 1
+
+    def settle(self, amount: float, actual: float) -> None:
+        self.reserved = max(self.reserved - amount, 0.0)
+        self.in_flight -= 1
+        self.spent += actual
 
 
 class BudgetGuard:
-    def __init__(self, cap_usd: float, spent_usd: float = 0.0) -> None:
-        if cap_usd <= 0:
-            raise ValueError(f"budget cap must be positive, got {cap_usd}")
+    """The run's cap (``cap_usd``, of which ``spent_usd`` is already used) and, when
+    ``document_cap_usd`` is set, the same cap for each document's chunks."""
+
+    def __init__(
+        self, cap_usd: float, spent_usd: float = 0.0, *, document_cap_usd: float | None = None
+    ) -> None:
+        if cap_usd < 0:
+            raise ValueError(f"budget cap must not be negative, got {cap_usd}")
+        if document_cap_usd is not None and document_cap_usd <= 0:
+            raise ValueError(f"document budget cap must be positive, got {document_cap_usd}")
         self.cap_usd = cap_usd
-        self._spent = spent_usd
-        self._reserved = 0.0
-        self._in_flight = 0
+        self.document_cap_usd = document_cap_usd
+        self._run = _Account(cap_usd, spent_usd)
+        self._documents: dict[str, _Account] = {}
         self._lock = threading.Lock()
 
     @property
     def spent_usd(self) -> float:
-        return self._spent
+        return self._run.spent
 
     @property
     def reserved_usd(self) -> float:
-        return self._reserved
+        return self._run.reserved
 
-    def try_reserve(self, amount_usd: float) -> Hold | None:
-        """Reserve now if it fits, without waiting."""
-        with self._lock:
-            if self._spent + self._reserved + amount_usd <= self.cap_usd:
-                self._reserved += amount_usd
-                self._in_flight += 1
-                return Hold(amount_usd)
-            return None
+    def document_spent_usd(self, document: str) -> float:
+        """What ``document``'s chunks spent so far in this run (0 without a document cap)."""
+        account = self._documents.get(document)
+        return account.spent if account is not None else 0.0
 
-    async def reserve(self, amount_usd: float) -> Hold | None:
+    def try_reserve(self, amount_usd: float, document: str | None = None) -> Hold | None:
+        """Reserve now if it fits every cap that applies, without waiting."""
+        found = self._try(amount_usd, document)
+        return found if isinstance(found, Hold) else None
+
+    async def reserve(self, amount_usd: float, document: str | None = None) -> Hold | None:
         """Reserve ``amount_usd``, waiting for in-flight calls to settle if that could help."""
+        found = await self.claim(amount_usd, document)
+        return found if isinstance(found, Hold) else None
+
+    async def claim(self, amount_usd: float, document: str | None = None) -> Hold | Shortfall:
+        """``reserve``, but a refusal says which cap could not cover the amount."""
         while True:
-            hold = self.try_reserve(amount_usd)
-            if hold is not None:
-                return hold
-            with self._lock:
-                if self._in_flight == 0 or self._spent + amount_usd > self.cap_usd:
-                    return None
+            found = self._try(amount_usd, document)
+            if found is not None:
+                return found
             await asyncio.sleep(_POLL_S)
 
     def settle(self, hold: Hold, actual_usd: float) -> None:
         """Replace a reservation by what the call actually cost."""
         with self._lock:
-            self._reserved = max(self._reserved - hold.amount_usd, 0.0)
-            self._in_flight -= 1
-            self._spent += actual_usd
+            self._run.settle(hold.amount_usd, actual_usd)
+            if hold.document is not None:
+                self._documents[hold.document].settle(hold.amount_usd, actual_usd)
         if actual_usd > hold.amount_usd + 1e-12:
             log.warning(
                 "a call cost %.6f USD, more than the %.6f USD reserved for it; the provider "
@@ -86,3 +143,28 @@ class BudgetGuard:
                 actual_usd,
                 hold.amount_usd,
             )
+
+    def _try(self, amount: float, document: str | None) -> Hold | Shortfall | None:
+        """A hold, a final refusal, or None: wait, calls in flight may free the room."""
+        with self._lock:
+            doc = self._account_of(document)
+            run_fits = self._run.fits(amount)
+            doc_fits = doc is None or doc.fits(amount)
+            if run_fits and doc_fits:
+                self._run.take(amount)
+                if doc is not None:
+                    doc.take(amount)
+                return Hold(amount, document if doc is not None else None)
+            if not run_fits and self._run.hopeless(amount):
+                return Shortfall("run", self._run.cap - self._run.spent - self._run.reserved)
+            if doc is not None and not doc_fits and doc.hopeless(amount):
+                return Shortfall("document", doc.cap - doc.spent - doc.reserved)
+            return None
+
+    def _account_of(self, document: str | None) -> _Account | None:
+        if document is None or self.document_cap_usd is None:
+            return None
+        account = self._documents.get(document)
+        if account is None:
+            account = self._documents[document] = _Account(self.document_cap_usd)
+        return account

@@ -1,44 +1,189 @@
 """Which regions a document may be sent to.
 
     rules = Residency.from_config(cfg.corpus)
-    rules.decide("eu/contracts/msa.md")   # Decision(regions=("eu",), rule="eu/**")
+    rules.decide("eu/contracts/msa.md", metadata=extracted.metadata)
+    # Decision(regions=("eu",), rule="eu/**")
 
-Rules are tried in order and the first whose glob matches the document's path wins. A
-document no rule matches gets ``corpus.residency_default``: ``deny`` gives it no region
-at all, so its chunks fail with ``no_route`` and nothing is sent anywhere. There is no
-implicit "any region".
+Four sources, the most specific first; the first that speaks decides, alone:
+
+1. the document's own metadata (``corpus.residency_field``, default ``residency``): a key
+   of the YAML front matter of a ``.md``/``.txt`` file, or a field of ``.jsonl``
+   records. A ``.jsonl`` file is one document, so when its records disagree it gets the
+   **intersection** of their regions, the most restrictive answer (records without the
+   field add no restriction; disjoint records leave no region at all). A value that is
+   not regions (``residency: 42``, broken front matter) allows nothing. Rule:
+   ``metadata:residency``, ``metadata:residency:intersection`` or
+   ``metadata:residency:invalid``;
+2. the manifest (``corpus.residency_manifest``), by doc id or path. Rule:
+   ``manifest:<file name>:<line>``;
+3. the path globs of ``corpus.residency``, in order, the first match. Rule: the glob;
+4. ``corpus.residency_default``. Rule: ``default``, or ``default:deny`` when it is
+   ``deny``, which gives no region at all, so the document's chunks fail with
+   ``no_route`` and nothing is sent anywhere. There is no implicit "any region".
+
+Regions are written as a list (``[eu, ch]``), one name, names separated by ``;`` or
+spaces, or ``deny`` (none). Every chunk records its ``regions`` and its ``rule``.
+
+Without ``metadata`` (a rerun knows only a chunk's path), ``decide`` reads the
+document's metadata from the file under ``corpus.path``; a file that is gone leaves the
+other sources to decide.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from pipeline.config import CorpusConfig
 from pipeline.globs import glob_match
+from pipeline.ingest.base import DocumentError, ExtractOptions, Unparsed
+from pipeline.ingest.extraction import extract_text
+from pipeline.ingest.frontmatter import read_front_matter
+from pipeline.models import Document, stable_id
+from pipeline.policy.manifest import Manifest, load_manifest, parse_regions
+
+__all__ = ["METADATA_SUFFIXES", "Decision", "Residency", "extract_options"]
+
+log = logging.getLogger(__name__)
+
+#: Formats whose documents can carry their own residency (front matter, record fields).
+METADATA_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".jsonl"})
+
+Metadata = Sequence[Mapping[str, Any]]
+
+
+def extract_options(corpus: CorpusConfig) -> ExtractOptions:
+    """The extraction settings of ``corpus`` (JSONL fields, the metadata field)."""
+    return ExtractOptions(
+        jsonl_text_field=corpus.jsonl.text_field,
+        jsonl_id_field=corpus.jsonl.id_field,
+        metadata_field=corpus.residency_field or "residency",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     regions: tuple[str, ...]
     rule: str
-    """What decided: the matching glob, ``default`` or ``default:deny``."""
+    """What decided: ``metadata:<field>[:intersection|:invalid]``,
+    ``manifest:<file>:<line>``, the matching glob, ``default`` or ``default:deny``."""
 
 
 @dataclass(frozen=True, slots=True)
 class Residency:
     rules: tuple[tuple[str, tuple[str, ...]], ...]
     default: tuple[str, ...] | None  # None: deny
+    field: str | None = None
+    """The metadata field; ``None``: documents' metadata is not read."""
+    manifest: Manifest | None = None
+    root: Path | None = None
+    """``corpus.path``: where ``decide`` reads metadata it was not given."""
+    options: ExtractOptions = dataclass_field(default_factory=ExtractOptions)
+    """How documents are read when ``decide`` reads their metadata itself."""
+    _last: list[Any] = dataclass_field(
+        default_factory=lambda: [None, ()], compare=False, repr=False
+    )
 
     @classmethod
     def from_config(cls, corpus: CorpusConfig) -> Residency:
         rules = tuple((r.match, tuple(r.regions)) for r in corpus.residency)
         default = None if corpus.residency_default == "deny" else tuple(corpus.residency_default)
-        return cls(rules=rules, default=default)
+        path = corpus.residency_manifest
+        manifest = None if path is None else load_manifest(path)
+        options = extract_options(corpus)
+        return cls(rules, default, corpus.residency_field, manifest, corpus.path, options)
 
-    def decide(self, path: str) -> Decision:
+    def decide(self, path: str, metadata: Metadata | None = None) -> Decision:
+        """The regions of the document at ``path`` (relative to ``corpus.path``).
+
+        ``metadata`` is the document's ``ExtractedText.metadata``; ``None`` reads it from
+        the file (see the module docstring).
+        """
+        if self.field is not None:
+            found = self._by_metadata(self._metadata_of(path) if metadata is None else metadata)
+            if found is not None:
+                return found
+        if self.manifest is not None:
+            entry = self.manifest.lookup(stable_id(path))
+            if entry is not None:
+                return Decision(regions=entry.regions, rule=self.manifest.rule(entry))
         for pattern, regions in self.rules:
             if glob_match(pattern, path):
                 return Decision(regions=regions, rule=pattern)
         if self.default is None:
             return Decision(regions=(), rule="default:deny")
         return Decision(regions=self.default, rule="default")
+
+    def _by_metadata(self, metadata: Metadata) -> Decision | None:
+        assert self.field is not None
+        values = [m[self.field] for m in metadata if self.field in m]
+        if not values:
+            return None
+        rule = f"metadata:{self.field}"
+        parsed = [None if isinstance(v, Unparsed) else parse_regions(v) for v in values]
+        if any(p is None for p in parsed):
+            return Decision(regions=(), rule=rule + ":invalid")
+        distinct = list({frozenset(p): p for p in parsed if p is not None}.values())
+        regions = distinct[0]
+        for other in distinct[1:]:
+            regions = tuple(r for r in regions if r in other)
+        return Decision(
+            regions=regions, rule=rule if len(distinct) == 1 else rule + ":intersection"
+        )
+
+    def _metadata_of(self, path: str) -> Metadata:
+        """The metadata of the file at ``path``, read from disk (the last one is kept, as
+        a rerun asks for each chunk of a document in turn)."""
+        if self.root is None or PurePosixPath(path).suffix.lower() not in METADATA_SUFFIXES:
+            return ()
+        if self._last[0] != path:
+            self._last[:] = [path, _read_metadata(self.root, path, self.options)]
+        found: Metadata = self._last[1]
+        return found
+
+    def regions_named(self) -> dict[str, str]:
+        """Every region the config's rules, default and manifest name, each with where
+        it is first named (``corpus.residency[0] (eu/**)``)."""
+        named: dict[str, str] = {}
+        for i, (pattern, regions) in enumerate(self.rules):
+            for r in regions:
+                named.setdefault(r, f"corpus.residency[{i}] ({pattern})")
+        for r in self.default or ():
+            named.setdefault(r, "corpus.residency_default")
+        if self.manifest is not None:
+            for entry in self.manifest.entries.values():
+                for r in entry.regions:
+                    named.setdefault(r, self.manifest.rule(entry))
+        return named
+
+    def unserved(self, served: Iterable[str]) -> list[str]:
+        """Sentences about each region the config names that no endpoint serves."""
+        served = set(served)
+        return [
+            f"region {region!r} ({where}) is served by no configured endpoint: its "
+            "documents will fail with no_route"
+            for region, where in self.regions_named().items()
+            if region not in served
+        ]
+
+
+def _read_metadata(root: Path, path: str, options: ExtractOptions) -> Metadata:
+    """What ``extract_text`` would find; a file that is gone has none, one that cannot be
+    read gets ``Unparsed`` (so it is sent nowhere rather than by its path)."""
+    file = root / path
+    if not file.is_file():
+        log.warning("%s: not under %s any more; its own residency cannot be read", path, root)
+        return ()
+    field = options.metadata_field
+    try:
+        if file.suffix.lower() != ".jsonl":
+            meta = read_front_matter(file, "utf-8", field=field)
+            return () if meta is None else (meta,)
+        doc = Document.at(root, file, file.stat().st_size)
+        return extract_text(doc, max_bytes=file.stat().st_size, options=options).metadata
+    except (OSError, DocumentError) as exc:
+        return ({field: Unparsed(str(exc))},)

@@ -256,6 +256,12 @@ class _Exchange:
         )
         if latency_ms > 0:
             await asyncio.sleep(latency_ms / 1000)
+        if self.state.holding:  # a test holds answers (``SimulatorState.hold``)
+            while self.state.holding:
+                await asyncio.sleep(0.005)
+            if self.state.drop_held:
+                self._log(call, NO_RESPONSE, "dropped")
+                raise DropConnection
         fault = choose_fault(self.profile, arrival.nth_request, fault_draw)
         digest = digest_of(draw_key)
         if fault in _ERROR_FAULTS:

@@ -114,6 +114,14 @@ class SimulatorServer:
         """Clear the log and the per-endpoint counters; keep the profiles."""
         self.state.reset()
 
+    def hold(self) -> None:
+        """Hold every answer not yet sent (see ``SimulatorState.hold``)."""
+        self.state.hold()
+
+    def release(self, *, drop: bool = False) -> None:
+        """Send (or with ``drop``, drop unanswered) the answers held since ``hold``."""
+        self.state.release(drop=drop)
+
     def start(self) -> SimulatorServer:
         """Serve in a daemon thread; return once the server accepts connections."""
         if self._thread is not None:

@@ -148,6 +148,19 @@ class SimulatorState:
         self._records: list[RequestRecord] = []
         self._stats: dict[str, _Stats] = {}
         self._generation = 0  # bumped by reset(), so an old ticket cannot amend a new log
+        self.holding = False  # answers wait while set (see ``hold``)
+        self.drop_held = False
+
+    def hold(self) -> None:
+        """Keep every answer not yet sent waiting (calls stay in flight) until ``release``."""
+        self.drop_held = False
+        self.holding = True
+
+    def release(self, *, drop: bool = False) -> None:
+        """Let held answers go; with ``drop`` their connections are dropped unanswered
+        (logged as ``dropped``, no tokens served), as when the client died meanwhile."""
+        self.drop_held = drop
+        self.holding = False
 
     def set_profile(self, name: str, profile: EndpointProfile) -> None:
         """Add or replace an endpoint; replacing starts its counters and quota afresh."""

@@ -12,7 +12,7 @@ See ``store.py`` for the layout and ``catalog.py`` for what user SQL may do.
 
 from .catalog import CatalogLockedError, QueryError, QueryResult, ReadOnlyQueryError, StoreError
 from .render import render
-from .runs import DocumentRow, RunRecord, RunStatus
+from .runs import DocumentRow, PriceRow, RunRecord, RunStatus
 from .store import Store
 from .tables import SCHEMAS, TABLES
 
@@ -21,6 +21,7 @@ __all__ = [
     "TABLES",
     "CatalogLockedError",
     "DocumentRow",
+    "PriceRow",
     "QueryError",
     "QueryResult",
     "ReadOnlyQueryError",

@@ -3,7 +3,18 @@
 ``<root>/catalog.duckdb`` holds one view per table. Each view globs its table's folder
 (``<root>/<table>/**/*.parquet``), so parts written after a refresh are seen, and the
 zero-row ``_schema.parquet`` the glob also matches keeps a view valid before any part
-exists. ``runs`` keeps only the latest record of each run (runs are append-only).
+exists. ``runs`` keeps only the latest record of each run (runs are append-only). Parts
+that a merged part replaces (see ``compaction``) are left out by every view.
+
+docroute's own readers (``Store.read``, and ``docroute sql`` through temporary views)
+read a *snapshot* instead: the part files listed once when the query starts
+(``snapshot=True``), so a compaction finishing mid-query can never make rows vanish or
+appear twice. The catalog file's glob views are for other DuckDB clients: they see new
+parts without a refresh, and a compaction's switch can race their query's start by a
+few microseconds.
+
+Derived views: ``effective_results`` holds, per chunk of each run family, the latest
+succeeded answer (or, for a chunk that never succeeded, its latest result).
 
 Users' SQL goes through :func:`check_read_only`, then runs on a read-only connection
 that :func:`sandbox` confines to the root folder::
@@ -15,6 +26,7 @@ that :func:`sandbox` confines to the root folder::
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -26,7 +38,12 @@ from typing import Any
 
 import duckdb
 
+from .compaction import REPLACES_KEY, visible_parts
+from .parts import SCHEMA_FILE
 from .tables import TABLES
+
+#: Views computed from the tables, with the tables they read.
+DERIVED: dict[str, tuple[str, ...]] = {"effective_results": ("results", "runs")}
 
 CATALOG_FILE = "catalog.duckdb"
 #: A one-row table in the catalog naming the root its views were built for.
@@ -81,34 +98,100 @@ def sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def view_statements(root: Path, tables: Sequence[str] = TABLES) -> list[str]:
-    """``CREATE OR REPLACE VIEW`` for ``tables``, over absolute globs under ``root``."""
+def view_statements(
+    root: Path,
+    tables: Sequence[str] = (*TABLES, *DERIVED),
+    *,
+    snapshot: bool = False,
+    temp: bool = False,
+) -> list[str]:
+    """``CREATE OR REPLACE VIEW`` for ``tables`` (and derived views) under ``root``.
+
+    A derived view's tables come first, whether named or not. ``snapshot`` reads the
+    part files visible now (one listing) instead of globbing at query time; ``temp``
+    makes the views temporary (they then shadow a catalog's views of the same name).
+    """
     if any(ch in str(root) for ch in "*?[]{}"):
         raise ValueError(f"the store root {root} must not contain glob characters (*?[]{{}})")
-    return [f"CREATE OR REPLACE VIEW {table} AS {_view_body(root, table)}" for table in tables]
+    wanted = [
+        t for t in TABLES if t in tables or any(t in DERIVED[d] for d in tables if d in DERIVED)
+    ]
+    kind = "TEMP VIEW" if temp else "VIEW"
+    out = [
+        f"CREATE OR REPLACE {kind} {table} AS {_view_body(root, table, snapshot)}"
+        for table in wanted
+    ]
+    out += [
+        f"CREATE OR REPLACE {kind} {name} AS {_DERIVED_SQL[name]}"
+        for name in DERIVED
+        if name in tables
+    ]
+    return out
 
 
 def tables_named_in(sql: str) -> list[str]:
-    """The tables whose names occur as words in ``sql`` (a superset of those it reads).
+    """The tables and views whose names occur as words in ``sql`` (a superset of those read).
 
     >>> tables_named_in("SELECT * FROM results r JOIN ledger USING (chunk_id)")
     ['results', 'ledger']
     """
     words = {w.lower() for w in re.findall(r"[A-Za-z_]+", sql)}
-    return [table for table in TABLES if table in words]
+    return [name for name in (*TABLES, *DERIVED) if name in words]
 
 
-def _view_body(root: Path, table: str) -> str:
+def snapshot_files(root: Path, table: str) -> list[Path]:
+    """The table's schema file and every visible part, from one listing per run folder."""
+    folder = root / table
+    files = [folder / SCHEMA_FILE]
+    if folder.is_dir():
+        with os.scandir(folder) as entries:
+            runs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        for run in runs:
+            files += visible_parts(folder / run)
+    return files
+
+
+def _view_body(root: Path, table: str, snapshot: bool = False) -> str:
+    if snapshot:
+        listed = ", ".join(sql_string(str(p)) for p in snapshot_files(root, table))
+        source = f"read_parquet([{listed}], union_by_name=true, hive_partitioning=false"
+        if table != "runs":
+            return f"SELECT * FROM {source})"
+        return (
+            f"SELECT * EXCLUDE (filename) FROM {source}, filename=true) "
+            "QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY updated_at DESC, "
+            "filename DESC) = 1"
+        )
     glob = sql_string(f"{root}/{table}/**/*.parquet")
-    source = f"read_parquet({glob}, union_by_name=true, hive_partitioning=false"
+    source = f"read_parquet({glob}, union_by_name=true, hive_partitioning=false, filename=true)"
+    # Parts a merged part replaces: hidden from the instant the merged part is renamed in.
+    replaced = (
+        "SELECT parse_dirpath(file_name) || '/' || unnest(from_json(decode(value), "
+        f"'[\"VARCHAR\"]')) FROM parquet_kv_metadata({glob}) "
+        f"WHERE decode(key) = {sql_string(REPLACES_KEY.decode())}"
+    )
+    visible = f"FROM {source} WHERE filename NOT IN ({replaced})"
     if table != "runs":
-        return f"SELECT * FROM {source})"
+        return f"SELECT * EXCLUDE (filename) {visible}"
     # Latest record per run; the part name (zero-padded sequence) breaks updated_at ties.
     return (
-        f"SELECT * EXCLUDE (filename) FROM {source}, filename=true) "
+        f"SELECT * EXCLUDE (filename) {visible} "
         "QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY updated_at DESC, "
         "filename DESC) = 1"
     )
+
+
+_DERIVED_SQL = {
+    # Per (family, chunk): the latest succeeded result, else the latest result at all.
+    "effective_results": (
+        "SELECT * EXCLUDE (rank_in_family) FROM ("
+        "SELECT coalesce(u.family_id, r.run_id) AS family_id, r.*, row_number() OVER ("
+        "PARTITION BY coalesce(u.family_id, r.run_id), r.chunk_id "
+        "ORDER BY (r.status = 'succeeded') DESC, r.finished_at DESC, r.run_id DESC"
+        ") AS rank_in_family FROM results r LEFT JOIN runs u USING (run_id)"
+        ") WHERE rank_in_family = 1"
+    )
+}
 
 
 def create_catalog(root: Path, *, wait_s: float = LOCK_WAIT_S) -> Path:

@@ -1,10 +1,12 @@
-"""The ledger journal: every attempt's cost on disk the moment the call completes.
+"""The journal: every attempt's cost, and every chunk's result, on disk the moment it exists.
 
     with Journal.open(store.root, run_id, batch_id) as journal:
         journal.append(entry)            # one JSON line, written with one write(2)
+        journal.append_result(result)    # the chunk's terminal result, the same way
         ...
-        store.write_rows("ledger", run_id, entries)   # the batch's ledger part
-        journal.commit()                 # the part holds them all: the journal goes
+        store.write_rows("ledger", run_id, entries)   # the batch's parts
+        store.write_rows("results", run_id, results)
+        journal.commit()                 # the parts hold them all: the journal goes
 
 Ledger parts are written once per batch; a process killed mid-batch would lose the cost
 of every call that had completed. The journal closes that gap: each entry is appended to
@@ -12,10 +14,16 @@ of every call that had completed. The journal closes that gap: each entry is app
 descriptor, so it is in the kernel (and survives ``kill -9``) before the next call.
 The file is flushed to disk (``fsync``) at commit.
 
-``recover(store)`` turns journals left by dead processes into ledger parts, skipping
-entries already in a part (a crash between writing the part and removing the journal),
-by their ``attempt_id``. A live writer holds an exclusive ``flock`` on its journal, so
-recovery never touches a journal that is still being written.
+``recover(store)`` turns journals left by dead processes into ledger and results parts,
+skipping rows already in a part (a crash between writing the parts and removing the
+journal): ledger rows by ``attempt_id``, results by ``chunk_id``. A chunk whose result
+was journaled is therefore never asked for again when its run resumes. A live writer
+holds an exclusive ``flock`` on its journal, so recovery never touches a journal that is
+still being written.
+
+A run in progress also holds ``<root>/_journal/<run_id>/run.lock`` (:class:`RunLock`):
+``recover`` marks a run whose record says ``running`` but whose lock nobody holds as
+``interrupted``, and ``docroute run --resume`` refuses a run that is still alive.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from pipeline.models import LedgerEntry
+from pipeline.models import LedgerEntry, Result
 
 if TYPE_CHECKING:
     from pipeline.store.store import Store
@@ -55,8 +63,16 @@ class Journal:
         return cls(root / JOURNAL_DIR / run_id / name)
 
     def append(self, entry: LedgerEntry) -> None:
-        line = json.dumps(dataclasses.asdict(entry), separators=(",", ":")) + "\n"
-        os.write(self._fd, line.encode())
+        """Journal one attempt (a bare JSON object: the ledger row)."""
+        self._write(dataclasses.asdict(entry))
+
+    def append_result(self, result: Result) -> None:
+        """Journal one chunk's terminal result (``{"result": {...}}``)."""
+        self._write({"result": dataclasses.asdict(result)})
+
+    def _write(self, row: dict[str, object]) -> None:
+        line = json.dumps(row, separators=(",", ":")) + "\n"
+        os.write(self._fd, line.encode())  # one write(2) on O_APPEND: never interleaved
 
     def commit(self) -> None:
         """The batch's ledger part is written: the journal is no longer needed."""
@@ -83,18 +99,34 @@ class Journal:
 
 
 def read_entries(path: Path) -> list[LedgerEntry]:
-    """The complete entries of a journal (a torn last line, from a crash mid-write, is dropped)."""
-    entries = []
+    """The complete ledger entries of a journal (see :func:`read_journal`)."""
+    return read_journal(path)[0]
+
+
+def read_journal(path: Path) -> tuple[list[LedgerEntry], list[Result]]:
+    """The complete ledger entries and results of a journal.
+
+    A torn last line (a crash mid-write) is dropped with a warning.
+    """
+    entries: list[LedgerEntry] = []
+    results: list[Result] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            entries.append(LedgerEntry(**json.loads(line)))
+            row = json.loads(line)
+            if "result" in row:
+                results.append(Result(**row["result"]))
+            else:
+                entries.append(LedgerEntry(**row))
         except (ValueError, TypeError):
             log.warning("skipping a torn line in %s", path)
-    return entries
+    return entries, results
 
 
 def recover(store: Store) -> int:
-    """Turn the journals of dead writers into ledger parts; returns the entries recovered."""
+    """Turn the journals of dead writers into parts; returns the ledger entries recovered.
+
+    Also marks runs left ``running`` by a dead process as ``interrupted``.
+    """
     recovered = 0
     for path in sorted((store.root / JOURNAL_DIR).glob("*/*.jsonl")):
         fd = os.open(path, os.O_RDONLY)
@@ -106,23 +138,106 @@ def recover(store: Store) -> int:
             recovered += _compact(store, path)
         finally:
             os.close(fd)
+    _mark_interrupted(store)
     return recovered
 
 
 def _compact(store: Store, path: Path) -> int:
     run_id = path.parent.name
-    entries = read_entries(path)
+    entries, results = read_journal(path)
     if entries:
-        known = {
-            row[0]
-            for row in store.read(
-                "SELECT attempt_id FROM ledger WHERE run_id = ? AND attempt_id IS NOT NULL",
-                [run_id],
-            ).rows
-        }
+        known = _column(store, "ledger", "attempt_id", run_id)
         entries = [e for e in entries if e.attempt_id not in known]
         store.write_rows("ledger", run_id, entries)
+    if results:
+        done = _column(store, "results", "chunk_id", run_id)
+        fresh = {r.chunk_id: r for r in results if r.chunk_id not in done}
+        store.write_rows("results", run_id, list(fresh.values()))
+        results = list(fresh.values())
     path.unlink()
-    if entries:
-        log.warning("recovered %d ledger entries of run %s from %s", len(entries), run_id, path)
+    if entries or results:
+        log.warning(
+            "recovered %d ledger entries and %d results of run %s from %s",
+            len(entries),
+            len(results),
+            run_id,
+            path,
+        )
     return len(entries)
+
+
+def _column(store: Store, table: str, column: str, run_id: str) -> set[str]:
+    sql = f"SELECT {column} FROM {table} WHERE run_id = ? AND {column} IS NOT NULL"
+    return {row[0] for row in store.read(sql, [run_id]).rows}
+
+
+class RunLock:
+    """Held by the process running ``run_id`` for as long as the run is open.
+
+    ``RunLock.acquire`` raises ``RunBusyError`` when another live process holds it.
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd: int | None = fd
+        self.path = path
+
+    @classmethod
+    def path_of(cls, root: Path, run_id: str) -> Path:
+        return root / JOURNAL_DIR / run_id / "run.lock"
+
+    @classmethod
+    def acquire(cls, root: Path, run_id: str) -> RunLock:
+        path = cls.path_of(root, run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunBusyError(
+                f"run {run_id} is still running in another process (it holds {path})"
+            ) from None
+        return cls(fd, path)
+
+    @classmethod
+    def held(cls, root: Path, run_id: str) -> bool:
+        """Whether a live process holds ``run_id``'s lock right now."""
+        path = cls.path_of(root, run_id)
+        if not path.exists():
+            return False
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the lock if we took it
+        return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class RunBusyError(Exception):
+    """The run is held by another live process."""
+
+
+def _mark_interrupted(store: Store) -> None:
+    """Runs whose record says ``running`` but whose process is gone become ``interrupted``."""
+    from pipeline.store.runs import RunRecord
+
+    stale = store.read("SELECT * FROM runs WHERE status = 'running'").to_dicts()
+    for row in stale:
+        record = RunRecord.from_row(row)
+        if RunLock.held(store.root, record.run_id):
+            continue
+        record.status = "interrupted"
+        record.updated_at = 0.0
+        record.message = (
+            "the process running it stopped without finishing (killed, crashed or the machine "
+            f"went down); resume it with `docroute run --resume {record.run_id}`"
+        )
+        store.write_run(record)
+        log.warning("run %s was interrupted; it can be resumed", record.run_id)

@@ -56,6 +56,24 @@ def write_part(folder: Path, table: pa.Table) -> Path:
     return final
 
 
+def is_whole(path: Path) -> bool:
+    """Whether ``path`` ends like a complete Parquet file (footer length and ``PAR1``).
+
+    A truncated or half-copied file fails this; it costs one small read.
+    """
+    try:
+        size = path.stat().st_size
+        if size < 12:
+            return False
+        with open(path, "rb") as fh:
+            fh.seek(size - 8)
+            tail = fh.read(8)
+    except OSError:
+        return False
+    footer = int.from_bytes(tail[:4], "little")
+    return tail[4:] == b"PAR1" and footer + 12 <= size
+
+
 def next_seq(folder: Path) -> int:
     """One more than the highest part number in ``folder`` (1 for an empty folder).
 

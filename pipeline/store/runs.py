@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pipeline.models import DocumentStatus
 
-RunStatus = Literal["running", "succeeded", "completed_with_failures", "failed"]
+RunStatus = Literal["running", "succeeded", "completed_with_failures", "failed", "interrupted"]
 
 
 @dataclass(slots=True)
@@ -52,6 +52,13 @@ class RunRecord:
     skipped: int = 0
     message: str | None = None
     token_counter: str | None = None
+    family_id: str | None = None
+    """The first run of the family (itself for a run started from scratch; reruns inherit it)."""
+    schema_version: str | None = None
+    prompt_version: str | None = None
+    model_policy: str | None = None
+    selection: str | None = None
+    """For a rerun: which chunks of the parent it takes (JSON), so it can be resumed."""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> RunRecord:
@@ -78,6 +85,23 @@ class DocumentRow:
     encoding: str | None = None
     note: str | None = None
     chunks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRow:
+    """One endpoint's prices as a run counted with them (the ``prices`` table)."""
+
+    run_id: str
+    provider: str
+    model: str
+    region: str
+    input_per_mtok: float
+    output_per_mtok: float
+    cached_input_per_mtok: float
+    context_window: int
+    max_output_tokens: int
+    priced_at: str
+    cache_write_per_mtok: float | None = None
 
 
 def stamped(record: RunRecord) -> RunRecord:

@@ -56,6 +56,11 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("skipped", _INT),
         ("message", _STR, True),
         ("token_counter", _STR, True),
+        ("family_id", _STR, True),
+        ("schema_version", _STR, True),
+        ("prompt_version", _STR, True),
+        ("model_policy", _STR, True),
+        ("selection", _STR, True),
     ),
     "documents": _schema(
         ("run_id", _STR),
@@ -99,6 +104,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("finished_at", TIMESTAMP),
         ("schema_name", _STR),
         ("error", _STR, True),
+        ("schema_version", _STR, True),
+        ("idem_key", _STR, True),
+        ("reused_from", _STR, True),
+        ("excluded", _STR, True),
     ),
     "ledger": _schema(
         ("run_id", _STR),
@@ -122,6 +131,21 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("request_id", _STR, True),
         ("model_reported", _STR, True),
         ("attempt_id", _STR, True),
+    ),
+    # The prices each run counted with (one row per endpoint), so `docroute audit` can
+    # recompute every ledger cost from the run's own price table.
+    "prices": _schema(
+        ("run_id", _STR),
+        ("provider", _STR),
+        ("model", _STR),
+        ("region", _STR),
+        ("input_per_mtok", _FLOAT),
+        ("output_per_mtok", _FLOAT),
+        ("cached_input_per_mtok", _FLOAT),
+        ("cache_write_per_mtok", _FLOAT, True),
+        ("context_window", _INT),
+        ("max_output_tokens", _INT),
+        ("priced_at", _STR),
     ),
 }
 

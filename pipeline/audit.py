@@ -1,0 +1,204 @@
+"""``docroute audit RUN_ID``: check a run's promises from the stored data alone.
+
+    report = audit(Store(root), "20261121-020000-3f9a1c")
+    print(report.text())          # one line per check, then the verdict
+    report.ok                     # False on any breach (the command exits 1)
+
+Checks, each over the Parquet parts (nothing is taken from the running code):
+
+- ``residency``: no attempt went to an endpoint outside the chunk's allowed regions;
+- ``budget``: the run's ledger total is within the budget its record states;
+- ``one_result_per_chunk``: every chunk has exactly one result, no result lacks a chunk,
+  no chunk is stored twice;
+- ``ledger_unique``: no attempt is recorded twice (``attempt_id``);
+- ``cost_matches_prices``: every attempt's cost equals its tokens × the prices the run
+  recorded for that endpoint (the ``prices`` table), to a millionth of a cent;
+- ``parts_whole``: no part of the run is damaged (truncated files are moved to
+  ``_quarantine/`` by the store and listed here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.errors import ConfigError
+from pipeline.store import Store
+from pipeline.store.parts import is_whole
+
+#: Absolute tolerance when recomputing a cost (USD): float sums, not policy.
+COST_TOLERANCE_USD = 1e-8
+_SHOWN = 5
+
+
+@dataclass(slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class AuditReport:
+    run_id: str
+    status: str
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def text(self) -> str:
+        lines = [f"audit of run {self.run_id} ({self.status})"]
+        for c in self.checks:
+            lines.append(f"  {'ok    ' if c.ok else 'BREACH'}  {c.name:<22} {c.detail}")
+            for example in c.examples[:_SHOWN]:
+                lines.append("          " + ", ".join(f"{k}={v}" for k, v in example.items()))
+        verdict = "PASS: every promise holds" if self.ok else "FAIL: see the breaches above"
+        lines.append(f"verdict: {verdict}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "ok": self.ok,
+            "checks": [
+                {"name": c.name, "ok": c.ok, "detail": c.detail, "examples": c.examples}
+                for c in self.checks
+            ],
+        }
+
+
+def audit(store: Store, run_id: str) -> AuditReport:
+    """Check run ``run_id`` (raises ``ConfigError`` if the store has no such run)."""
+    record = store.latest_run(run_id)
+    if record is None:
+        raise ConfigError(f"run {run_id!r} not found under {store.root} (see `docroute runs`)")
+    checks = [
+        _parts(store, run_id),
+        _residency(store, run_id),
+        _budget(store, run_id, record.budget_usd),
+        _one_result(store, run_id),
+        _ledger_unique(store, run_id),
+        _costs(store, run_id),
+    ]
+    return AuditReport(run_id=run_id, status=record.status, checks=checks)
+
+
+def _rows(store: Store, sql: str, run_id: str) -> list[dict[str, Any]]:
+    return store.read(sql, [run_id]).to_dicts()
+
+
+def _parts(store: Store, run_id: str) -> Check:
+    store.quarantine_damaged()
+    damaged = [p for p in store.quarantined() if len(p.parts) > 2 and p.parts[2] == run_id]
+    damaged += [
+        p.relative_to(store.root)
+        for p in store.part_files()
+        if p.parent.name == run_id and not is_whole(p)
+    ]
+    if not damaged:
+        return Check("parts_whole", True, "every part of the run is a whole Parquet file")
+    return Check(
+        "parts_whole",
+        False,
+        f"{len(damaged)} damaged part(s) moved aside; their rows are missing from the run",
+        [{"part": str(p)} for p in damaged],
+    )
+
+
+def _residency(store: Store, run_id: str) -> Check:
+    bad = _rows(
+        store,
+        "SELECT l.chunk_id, l.attempt, l.provider, l.region, c.regions FROM ledger l "
+        "LEFT JOIN chunks c ON c.run_id = l.run_id AND c.chunk_id = l.chunk_id "
+        "WHERE l.run_id = ? AND l.provider IS NOT NULL "
+        "AND (c.chunk_id IS NULL OR NOT list_contains(c.regions, l.region))",
+        run_id,
+    )
+    calls = store.read(
+        "SELECT count(*) FROM ledger WHERE run_id = ? AND provider IS NOT NULL", [run_id]
+    ).rows[0][0]
+    if not bad:
+        return Check("residency", True, f"{calls} attempt(s), all inside their chunk's regions")
+    return Check(
+        "residency", False, f"{len(bad)} attempt(s) outside the chunk's allowed regions", bad
+    )
+
+
+def _budget(store: Store, run_id: str, cap: float) -> Check:
+    spent = store.read(
+        "SELECT coalesce(sum(cost_usd), 0) FROM ledger WHERE run_id = ?", [run_id]
+    ).rows[0][0]
+    share = 100 * spent / cap if cap else 0.0
+    detail = f"spent ${spent:.6f} of ${cap:.2f} ({share:.1f}%)"
+    return Check("budget", spent <= cap + COST_TOLERANCE_USD, detail)
+
+
+def _one_result(store: Store, run_id: str) -> Check:
+    bad = _rows(
+        store,
+        "WITH c AS (SELECT chunk_id, count(*) AS stored FROM chunks WHERE run_id = $1 GROUP BY 1), "
+        "r AS (SELECT chunk_id, count(*) AS results FROM results WHERE run_id = $1 GROUP BY 1) "
+        "SELECT chunk_id, coalesce(stored, 0) AS stored, coalesce(results, 0) AS results "
+        "FROM c FULL JOIN r USING (chunk_id) "
+        "WHERE coalesce(stored, 0) <> 1 OR coalesce(results, 0) <> 1 ORDER BY chunk_id",
+        run_id,
+    )
+    chunks = store.read("SELECT count(*) FROM chunks WHERE run_id = ?", [run_id]).rows[0][0]
+    if not bad:
+        return Check("one_result_per_chunk", True, f"{chunks} chunk(s), one result each")
+    return Check(
+        "one_result_per_chunk",
+        False,
+        f"{len(bad)} chunk(s) without exactly one stored row and one result",
+        bad,
+    )
+
+
+def _ledger_unique(store: Store, run_id: str) -> Check:
+    bad = _rows(
+        store,
+        "SELECT attempt_id, count(*) AS copies FROM ledger WHERE run_id = ? "
+        "AND attempt_id IS NOT NULL GROUP BY 1 HAVING count(*) > 1",
+        run_id,
+    )
+    if not bad:
+        return Check("ledger_unique", True, "no attempt recorded twice")
+    return Check("ledger_unique", False, f"{len(bad)} attempt(s) recorded more than once", bad)
+
+
+def _costs(store: Store, run_id: str) -> Check:
+    priced = store.read("SELECT count(*) FROM prices WHERE run_id = ?", [run_id]).rows[0][0]
+    if not priced:
+        return Check(
+            "cost_matches_prices",
+            False,
+            "the run recorded no price table (written by a docroute before prices were kept)",
+        )
+    # An attempt matches if some price row the run recorded for its endpoint gives its cost.
+    bad = _rows(
+        store,
+        "WITH recomputed AS ("
+        " SELECT l.attempt_id, l.chunk_id, l.provider, l.model, l.cost_usd, min(abs(l.cost_usd - ("
+        "  greatest(l.input_tokens - l.cached_input_tokens - l.cache_write_tokens, 0)"
+        "   * p.input_per_mtok"
+        "  + l.cached_input_tokens * p.cached_input_per_mtok"
+        "  + l.cache_write_tokens * coalesce(p.cache_write_per_mtok, p.input_per_mtok)"
+        "  + l.output_tokens * p.output_per_mtok) / 1e6)) AS off_by"
+        " FROM ledger l LEFT JOIN prices p"
+        "  ON p.run_id = l.run_id AND p.provider = l.provider AND p.model = l.model"
+        " WHERE l.run_id = ? AND l.provider IS NOT NULL GROUP BY ALL)"
+        f" SELECT * FROM recomputed WHERE off_by IS NULL OR off_by > {COST_TOLERANCE_USD}",
+        run_id,
+    )
+    if not bad:
+        return Check("cost_matches_prices", True, "every attempt's cost = tokens × its prices")
+    return Check(
+        "cost_matches_prices",
+        False,
+        f"{len(bad)} attempt(s) whose cost differs from tokens × the recorded prices",
+        bad,
+    )

@@ -1,0 +1,176 @@
+"""Reading a corpus as a run does: discover, extract, decide residency, chunk.
+
+    for item in read_corpus(cfg, run_id=run_id, counter=get_counter("auto")):
+        ...  # a DocumentRow per document (ok or error), then that document's Chunks
+
+No endpoint is connected and nothing is written, so ``docroute plan`` reads a corpus the
+same way ``Run.corpus_chunks`` does, chunk for chunk. Documents come in discovery order;
+plain-text files over ``pipeline.ingest.stream.STREAM_ABOVE_BYTES`` come last, streamed
+in blocks (their row after their chunks). Each document's residency is decided from its
+metadata, the manifest, the path rules and the default (``pipeline.policy.residency``),
+and every chunk carries the decision (``regions``, ``residency_rule``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pipeline.chunking import TokenCounter, chunk_document, chunk_stream
+from pipeline.config import Config
+from pipeline.ingest import DocumentError, discover, extract_many
+from pipeline.ingest.frontmatter import read_front_matter
+from pipeline.ingest.stream import open_text_stream, should_stream
+from pipeline.models import Chunk, Document, DocumentStatus
+from pipeline.policy.residency import Decision, Metadata, Residency, extract_options
+from pipeline.store import DocumentRow
+
+__all__ = ["read_corpus"]
+
+log = logging.getLogger(__name__)
+
+
+def read_corpus(
+    cfg: Config,
+    *,
+    run_id: str,
+    counter: TokenCounter,
+    residency: Residency | None = None,
+    announce: bool = True,
+) -> Iterator[Chunk | DocumentRow]:
+    """Documents of ``cfg.corpus``, one at a time: each one's row, then its chunks.
+
+    With ``announce``, regions the residency config names but no endpoint serves are
+    logged first, at the call (a caller that shows them itself passes False).
+    """
+    reader = _Reader(cfg, run_id, counter, residency or Residency.from_config(cfg.corpus))
+    if announce:
+        for line in reader.residency.unserved(p.region for p in cfg.providers):
+            log.warning("residency: %s", line)
+    return reader.items()
+
+
+@dataclass
+class _Reader:
+    cfg: Config
+    run_id: str
+    counter: TokenCounter
+    residency: Residency
+    _told: set[str] = field(default_factory=set)  # regions from metadata already warned of
+
+    def items(self) -> Iterator[Chunk | DocumentRow]:
+        c = self.cfg.corpus
+        max_bytes = int(c.max_file_mb * 1024 * 1024)
+        large: list[Document] = []  # streamed after the rest, never held whole
+
+        def whole() -> Iterator[Document]:
+            for doc in discover(c.path, c.include, c.exclude):
+                if should_stream(doc):
+                    large.append(doc)
+                else:
+                    yield doc
+
+        for doc, extracted in extract_many(
+            whole(), max_bytes=max_bytes, workers=c.extract_workers, options=extract_options(c)
+        ):
+            if isinstance(extracted, DocumentError):
+                yield self._row(doc, "error", reason=extracted.reason, message=extracted.message)
+                continue
+            decision = self._decide(doc, extracted.metadata)
+            chunks = list(
+                chunk_document(
+                    doc,
+                    extracted.text,
+                    max_tokens=self.cfg.chunking.max_tokens,
+                    overlap_tokens=self.cfg.chunking.overlap_tokens,
+                    counter=self.counter,
+                    regions=decision.regions,
+                    residency_rule=decision.rule,
+                    page_starts=extracted.page_starts,
+                )
+            )
+            yield self._row(
+                doc, "ok", encoding=extracted.encoding, note=extracted.note, chunks=len(chunks)
+            )
+            yield from chunks
+
+        for doc in large:
+            yield from self._streamed(doc, max_bytes)
+
+    def _streamed(self, doc: Document, max_bytes: int) -> Iterator[Chunk | DocumentRow]:
+        """A large plain-text document's chunks, read in blocks; then its row."""
+        try:
+            stream = open_text_stream(doc, max_bytes=max_bytes)
+            meta = read_front_matter(
+                doc.abs_path, stream.encoding, field=extract_options(self.cfg.corpus).metadata_field
+            )
+        except (DocumentError, OSError) as exc:
+            message = exc.message if isinstance(exc, DocumentError) else f"{doc.path}: {exc}"
+            reason = exc.reason if isinstance(exc, DocumentError) else "unreadable"
+            yield self._row(doc, "error", reason=reason, message=message)
+            return
+        decision = self._decide(doc, () if meta is None else (meta,))
+        count = 0
+        for chunk in chunk_stream(
+            doc,
+            stream.blocks(),
+            max_tokens=self.cfg.chunking.max_tokens,
+            overlap_tokens=self.cfg.chunking.overlap_tokens,
+            counter=self.counter,
+            regions=decision.regions,
+            residency_rule=decision.rule,
+        ):
+            count += 1
+            yield chunk
+        if count == 0:
+            message = f"{doc.path}: no text, only whitespace ({doc.size_bytes} bytes)"
+            yield self._row(doc, "error", reason="empty", message=message)
+            return
+        yield self._row(doc, "ok", encoding=stream.encoding, note=stream.note, chunks=count)
+
+    def _decide(self, doc: Document, metadata: Metadata) -> Decision:
+        """The document's residency; what its own metadata gets wrong is logged."""
+        decision = self.residency.decide(doc.path, metadata=metadata)
+        if decision.rule.endswith(":invalid"):
+            log.warning(
+                "residency: %s: its %r metadata is not a list of regions; it is sent nowhere",
+                doc.path,
+                self.residency.field,
+            )
+        elif decision.rule.startswith("metadata:"):
+            served = {p.region for p in self.cfg.providers}
+            for region in decision.regions:
+                if region not in served and region not in self._told:
+                    self._told.add(region)
+                    log.warning(
+                        "residency: region %r (metadata of %s) is served by no configured "
+                        "endpoint: its documents will fail with no_route",
+                        region,
+                        doc.path,
+                    )
+        return decision
+
+    def _row(
+        self,
+        doc: Document,
+        status: DocumentStatus,
+        *,
+        reason: str | None = None,
+        message: str | None = None,
+        encoding: str | None = None,
+        note: str | None = None,
+        chunks: int = 0,
+    ) -> DocumentRow:
+        return DocumentRow(
+            run_id=self.run_id,
+            doc_id=doc.doc_id,
+            path=doc.path,
+            size_bytes=doc.size_bytes,
+            status=status,
+            reason=reason,
+            message=message,
+            encoding=encoding,
+            note=note,
+            chunks=chunks,
+        )

@@ -1,0 +1,410 @@
+"""What a run would cost, before any call: ``docroute plan`` and ``docroute run --dry-run``.
+
+    plan = make_plan(load_config("examples/docroute.yaml"))
+    plan.total.cost_usd, plan.budget_covered     # 0.0071, True
+    print(render_plan(plan, "table"))            # or "json"
+
+The corpus is read and chunked exactly as a run reads it (``pipeline.corpus``), with the
+same residency decisions; no endpoint is connected, no call is made and nothing is
+written. Each chunk is priced at the endpoint the router would try first under
+``routing.strategy``; a chunk with no candidate is listed with its document and why:
+``residency_deny`` (its rule allows no region), ``no_endpoint_in_region`` (no endpoint is
+configured in its regions), ``too_long`` (no endpoint of its regions fits prompt plus max
+output in its context window) or ``no_candidate`` (anything else, e.g. no structured
+output).
+
+Per chunk, with ``A`` attempts per chunk and ``o`` output tokens per attempt:
+
+    input  = prompt estimate × input ratio × A      (the prompt as dispatch estimates it)
+    output = o × A
+    cost   = input × input price + output × output price    (the first endpoint's prices)
+
+``A``, ``o`` and the input ratio come from the ledger when earlier runs of the same
+schema are under ``output.root`` (``HISTORY_RUNS`` most recent): ``A`` = billed attempts
+(those with tokens: repairs, reroutes, failed attempts) per succeeded chunk, ``o`` = mean
+output tokens per billed attempt, input ratio = billed input tokens / the prompt
+estimates of those attempts' chunks (tokenizer differences, repair prompts). Without
+history: ``A`` = 1, ``o`` = ``DEFAULT_OUTPUT_FRACTION`` of ``task.max_output_tokens``,
+ratio 1. The plan says which it used (``basis.source``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.config import Config
+from pipeline.corpus import read_corpus
+from pipeline.models import Chunk
+from pipeline.policy import Endpoint, Residency, Router, endpoints_from_config, output_cap
+from pipeline.policy.routing import fits, strategy_from_config
+from pipeline.store import DocumentRow, Store
+from pipeline.tokens import get_counter
+from pipeline.validation import first_messages, prompt_token_estimate
+from schemas import get_schema
+
+__all__ = [
+    "DEFAULT_OUTPUT_FRACTION",
+    "HISTORY_RUNS",
+    "Basis",
+    "Plan",
+    "make_plan",
+    "render_plan",
+]
+
+#: Without history, an answer is assumed to use this share of ``task.max_output_tokens``.
+DEFAULT_OUTPUT_FRACTION = 0.25
+#: How many of the latest runs of the same schema the history is taken from.
+HISTORY_RUNS = 10
+#: Succeeded chunks an endpoint needs in the history for its own figures to be used.
+MIN_ENDPOINT_HISTORY = 10
+
+UnroutableReason = Literal["residency_deny", "no_endpoint_in_region", "too_long", "no_candidate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Basis:
+    """Where the per-chunk figures come from."""
+
+    source: Literal["history", "default"]
+    attempts_per_chunk: float
+    output_tokens_per_attempt: float
+    input_ratio: float
+    price_ratio: float = 1.0
+    """Actual cost / the same tokens at the first endpoint's prices (reroutes to dearer
+    endpoints make it > 1)."""
+    runs: int = 0
+    succeeded_chunks: int = 0
+    billed_attempts: int = 0
+
+    def describe(self) -> str:
+        figures = (
+            f"{self.output_tokens_per_attempt:,.0f} output tokens per attempt, "
+            f"{self.attempts_per_chunk:.2f} attempts per chunk, input × {self.input_ratio:.2f}, "
+            f"price × {self.price_ratio:.2f}"
+        )
+        if self.source == "default":
+            return (
+                f"{figures}: no history, defaults ({DEFAULT_OUTPUT_FRACTION:.0%} of "
+                "task.max_output_tokens, one attempt)"
+            )
+        return (
+            f"{figures}: from history ({self.billed_attempts} billed attempts for "
+            f"{self.succeeded_chunks} succeeded chunks in {self.runs} earlier run(s))"
+        )
+
+
+@dataclass(slots=True)
+class Line:
+    """Chunks whose first choice is one endpoint, and what they are expected to cost."""
+
+    endpoint: str
+    region: str
+    chunks: int = 0
+    input_tokens: float = 0.0
+    output_tokens: float = 0.0
+    cost_usd: float = 0.0
+
+
+@dataclass(slots=True)
+class Unroutable:
+    """A document with chunks that no endpoint may take, and why."""
+
+    path: str
+    reason: UnroutableReason
+    detail: str
+    chunks: int = 0
+
+
+@dataclass(slots=True)
+class Plan:
+    config: str
+    schema: str
+    strategy: str
+    basis: Basis
+    budget_usd: float
+    documents: int = 0
+    unreadable: list[dict[str, str | None]] = field(default_factory=list)
+    chunks: int = 0
+    endpoints: list[Line] = field(default_factory=list)
+    total: Line = field(default_factory=lambda: Line(endpoint="total", region=""))
+    unroutable: list[Unroutable] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def budget_covered(self) -> bool:
+        return self.total.cost_usd <= self.budget_usd
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["budget_covered"] = self.budget_covered
+        out["basis"]["describe"] = self.basis.describe()
+        return out
+
+
+def make_plan(
+    cfg: Config, *, config_path: Path | str = "", budget_usd: float | None = None
+) -> Plan:
+    """Read and chunk ``cfg``'s corpus and price it (see the module docstring)."""
+    schema = get_schema(cfg.task.schema_name)
+    strategy = strategy_from_config(cfg.routing, schema.model.model_fields)
+    residency = Residency.from_config(cfg.corpus)
+    past = history(cfg, schema.name)
+    estimator = _Estimator(cfg, schema.instructions, past)
+    plan = Plan(
+        config=str(config_path),
+        schema=schema.name,
+        strategy=strategy.name,
+        basis=past.overall,
+        budget_usd=cfg.budget.run_usd if budget_usd is None else budget_usd,
+        warnings=residency.unserved(p.region for p in cfg.providers),
+    )
+    router = Router(endpoints_from_config(cfg))
+    lines: dict[str, Line] = {}
+    blocked: dict[str, Unroutable] = {}
+    counter = get_counter(cfg.chunking.counter)
+    items = read_corpus(cfg, run_id="plan", counter=counter, residency=residency, announce=False)
+    for item in items:
+        if isinstance(item, DocumentRow):
+            _count_document(plan, item)
+            continue
+        plan.chunks += 1
+        prompt = estimator.prompt_tokens(item)
+        max_out = cfg.task.max_output_tokens
+        found = router.candidates(
+            item, prompt_tokens=prompt, max_output_tokens=max_out, strategy=strategy
+        )
+        if not found:
+            why = _why_unroutable(router.endpoints, item, prompt, max_out)
+            blocked.setdefault(item.path, Unroutable(item.path, *why)).chunks += 1
+            continue
+        first = found[0]
+        line = lines.setdefault(first.key, Line(endpoint=first.key, region=first.region))
+        estimator.add(line, first, prompt)
+        estimator.add(plan.total, first, prompt)
+    plan.endpoints = sorted(lines.values(), key=lambda x: -x.cost_usd)
+    plan.unroutable = list(blocked.values())
+    return plan
+
+
+def _count_document(plan: Plan, row: DocumentRow) -> None:
+    plan.documents += 1
+    if row.status == "error":
+        plan.unreadable.append({"path": row.path, "reason": row.reason, "message": row.message})
+
+
+def _why_unroutable(
+    endpoints: Iterable[Endpoint], chunk: Chunk, prompt: int, max_out: int
+) -> tuple[UnroutableReason, str]:
+    rule = f"rule {chunk.residency_rule}"
+    if not chunk.regions:
+        return "residency_deny", f"{rule} allows no region"
+    regions = ", ".join(chunk.regions)
+    local = [e for e in endpoints if e.region in chunk.regions]
+    if not local:
+        return "no_endpoint_in_region", f"no endpoint in region(s) {regions} ({rule})"
+    if not any(fits(e, prompt, max_out) for e in local):
+        return "too_long", (
+            f"~{prompt:,} prompt tokens + {max_out:,} max output fit no context window in "
+            f"region(s) {regions}"
+        )
+    return "no_candidate", f"no endpoint in region(s) {regions} can take it ({rule})"
+
+
+class _Estimator:
+    def __init__(self, cfg: Config, default_instructions: str, past: History) -> None:
+        self.instructions = cfg.task.instructions or default_instructions
+        self.max_out = cfg.task.max_output_tokens
+        self.history = past
+
+    def prompt_tokens(self, chunk: Chunk) -> int:
+        """The prompt estimate dispatch routes by (first attempt)."""
+        return prompt_token_estimate(
+            first_messages(self.instructions, chunk.text), chunk.token_estimate
+        )
+
+    def add(self, line: Line, e: Endpoint, prompt: int) -> None:
+        b = self.history.for_endpoint(e.key)
+        out = min(b.output_tokens_per_attempt, output_cap(e, self.max_out))
+        inp = prompt * b.input_ratio * b.attempts_per_chunk
+        out *= b.attempts_per_chunk
+        line.chunks += 1
+        line.input_tokens += inp
+        line.output_tokens += out
+        p = e.price
+        line.cost_usd += (inp * p.input_per_mtok + out * p.output_per_mtok) / 1e6 * b.price_ratio
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The figures over all endpoints, and per first endpoint (``provider/model``)."""
+
+    overall: Basis
+    by_endpoint: dict[str, Basis] = field(default_factory=dict)
+
+    def for_endpoint(self, key: str) -> Basis:
+        found = self.by_endpoint.get(key)
+        return found if found and found.succeeded_chunks >= MIN_ENDPOINT_HISTORY else self.overall
+
+
+def history(cfg: Config, schema_name: str) -> History:
+    """The per-chunk figures from earlier runs' ledger (see the module docstring), or the
+    defaults. Reads only; an output root without a ledger is not created."""
+    default = Basis(
+        source="default",
+        attempts_per_chunk=1.0,
+        output_tokens_per_attempt=DEFAULT_OUTPUT_FRACTION * cfg.task.max_output_tokens,
+        input_ratio=1.0,
+    )
+    root = cfg.output.root
+    if not all((root / t).is_dir() for t in ("ledger", "results", "chunks")):
+        return History(default)
+    rows = Store(root).read(_HISTORY_SQL, [schema_name, HISTORY_RUNS]).rows
+    overhead = prompt_token_estimate(first_messages(_instructions(cfg), ""), 0)
+    prices = {e.key: e for e in endpoints_from_config(cfg)}
+    by_endpoint: dict[str, Basis] = {}
+    totals = _Tally()
+    for key, *figures in rows:
+        tally = _Tally(*figures)
+        totals.add(tally, prices.get(key))
+        basis = tally.basis(overhead, prices.get(key))
+        if basis is not None:
+            by_endpoint[key] = basis
+    return History(totals.basis(overhead, None) or default, by_endpoint)
+
+
+@dataclass(slots=True)
+class _Tally:
+    runs: int = 0
+    succeeded: int = 0
+    billed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    chunk_tokens: int = 0  # the chunks' token estimates, once per billed attempt
+    nominal_usd: float = 0.0  # the same tokens at the first endpoint's prices
+
+    def add(self, other: _Tally, e: Endpoint | None) -> None:
+        self.runs = max(self.runs, other.runs)
+        self.succeeded += other.succeeded
+        self.billed += other.billed
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cost_usd += other.cost_usd
+        self.chunk_tokens += other.chunk_tokens
+        self.nominal_usd += other.nominal(e)
+
+    def nominal(self, e: Endpoint | None) -> float:
+        if e is None:
+            return self.cost_usd  # an endpoint no longer configured: taken at its cost
+        p = e.price
+        return (self.input_tokens * p.input_per_mtok + self.output_tokens * p.output_per_mtok) / 1e6
+
+    def basis(self, overhead: int, e: Endpoint | None) -> Basis | None:
+        if not self.succeeded or not self.billed:
+            return None
+        nominal = self.nominal_usd or self.nominal(e)
+        return Basis(
+            source="history",
+            attempts_per_chunk=self.billed / self.succeeded,
+            output_tokens_per_attempt=self.output_tokens / self.billed,
+            input_ratio=self.input_tokens / (self.chunk_tokens + overhead * self.billed),
+            price_ratio=self.cost_usd / nominal if nominal else 1.0,
+            runs=self.runs,
+            succeeded_chunks=self.succeeded,
+            billed_attempts=self.billed,
+        )
+
+
+def _instructions(cfg: Config) -> str:
+    return cfg.task.instructions or get_schema(cfg.task.schema_name).instructions
+
+
+# Per first endpoint (the one a chunk's first attempt went to), over the latest runs of a
+# schema: runs, succeeded chunks, billed attempts (tokens reported), their tokens and cost,
+# and the token estimates of their chunks (once per billed attempt).
+_HISTORY_SQL = """
+WITH recent AS (
+    SELECT run_id FROM results WHERE schema_name = ?
+    GROUP BY run_id ORDER BY run_id DESC LIMIT ?
+),
+attempt AS (
+    SELECT run_id, chunk_id, input_tokens, output_tokens, cost_usd,
+           first_value(provider || '/' || model)
+               OVER (PARTITION BY run_id, chunk_id ORDER BY attempt, started_at) AS first_endpoint
+    FROM ledger
+    WHERE run_id IN (SELECT run_id FROM recent) AND provider IS NOT NULL
+),
+per_chunk AS (
+    SELECT run_id, chunk_id, any_value(first_endpoint) AS first_endpoint,
+           count(*) FILTER (WHERE input_tokens > 0 OR output_tokens > 0) AS billed,
+           sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+           sum(cost_usd) AS cost_usd
+    FROM attempt GROUP BY run_id, chunk_id
+),
+chunk AS (
+    SELECT DISTINCT run_id, chunk_id, token_estimate FROM chunks
+    WHERE run_id IN (SELECT run_id FROM recent)
+),
+status AS (
+    SELECT DISTINCT run_id, chunk_id, status FROM results
+    WHERE run_id IN (SELECT run_id FROM recent)
+)
+SELECT p.first_endpoint,
+       count(DISTINCT p.run_id),
+       count(*) FILTER (WHERE s.status = 'succeeded'),
+       sum(p.billed),
+       sum(p.input_tokens),
+       sum(p.output_tokens),
+       sum(p.cost_usd),
+       sum(c.token_estimate * p.billed)
+FROM per_chunk p
+JOIN chunk c ON c.run_id = p.run_id AND c.chunk_id = p.chunk_id
+LEFT JOIN status s ON s.run_id = p.run_id AND s.chunk_id = p.chunk_id
+GROUP BY p.first_endpoint
+"""
+
+
+def render_plan(plan: Plan, fmt: Literal["table", "json"]) -> str:
+    """The plan for a terminal (``table``) or a program (``json``)."""
+    if fmt == "json":
+        return json.dumps(plan.to_dict(), indent=2, ensure_ascii=False)
+    return "\n".join(_table(plan))
+
+
+def _table(plan: Plan) -> list[str]:
+    t = plan.total
+    routable = sum(x.chunks for x in plan.endpoints)
+    out = [
+        f"plan · config {plan.config} · schema {plan.schema} · strategy {plan.strategy}",
+        f"  documents  {plan.documents}"
+        + (f" ({len(plan.unreadable)} unreadable)" if plan.unreadable else ""),
+        f"  chunks     {plan.chunks} ({routable} routable, {plan.chunks - routable} not)",
+        f"  estimate   {plan.basis.describe()}",
+        "",
+        f"  {'first endpoint':<44} {'region':<8} {'chunks':>6} {'input tok':>11} "
+        f"{'output tok':>11} {'est. USD':>10}",
+    ]
+    for x in [*plan.endpoints, t]:
+        out.append(
+            f"  {x.endpoint[:44]:<44} {x.region:<8} {x.chunks:>6} {x.input_tokens:>11,.0f} "
+            f"{x.output_tokens:>11,.0f} {x.cost_usd:>10.4f}"
+        )
+    share = 100 * t.cost_usd / plan.budget_usd
+    verdict = "covered" if plan.budget_covered else "NOT covered"
+    out += [
+        "",
+        f"  budget     ${t.cost_usd:.4f} of ${plan.budget_usd:.2f} ({share:.1f}%): {verdict}",
+    ]
+    if plan.unroutable:
+        out.append(f"  no route   {len(plan.unroutable)} document(s), sent nowhere:")
+        out += [
+            f"    {u.path}  ({u.chunks} chunk(s)) {u.reason}: {u.detail}" for u in plan.unroutable
+        ]
+    for u in plan.unreadable:
+        out.append(f"  unreadable {u['path']}: {u['reason']}")
+    out += [f"  warning    {w}" for w in plan.warnings]
+    return out
