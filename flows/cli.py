@@ -233,7 +233,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.force and not args.resume:
         raise ConfigError("--force only applies with --resume RUN_ID")
     if args.resume:
-        require_run(Store(cfg.output.root), args.resume)
+        from pipeline.family import Versions, check_resume
+        from schemas import get_schema
+
+        store = Store(cfg.output.root)
+        require_run(store, args.resume)
+        record = store.latest_run(args.resume)
+        assert record is not None
+        versions = Versions.of(cfg, get_schema(cfg.task.schema_name))
+        check_resume(record, versions, force=args.force)  # before Prefect starts
     run_id = args.resume or args.run_id or new_run_id()
     verb = "resume" if args.resume else "run"
     print(f"docroute {verb} {run_id} · config {path}", flush=True)
@@ -253,9 +261,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     from flows.nightly import rerun_failed
+    from pipeline.family import Selection, Versions, check_rerun
+    from schemas import get_schema
 
     path = _config_path(args.config)
-    require_run(Store(load_config(path).output.root), args.run_id)
+    overrides = _overrides(args.set)
+    cfg = load_config(path, overrides=overrides)  # bad overrides stop here, before Prefect
+    store = Store(cfg.output.root)
+    require_run(store, args.run_id)
+    parent = store.latest_run(args.run_id)
+    assert parent is not None
+    selection = Selection(args.run_id, tuple(args.status or ("failed", "skipped")))
+    versions = Versions.of(cfg, get_schema(cfg.task.schema_name))
+    check_rerun(store, parent, versions, selection, force=args.force)
     run_id = new_run_id()
     print(f"docroute rerun {run_id} · parent {args.run_id} · config {path}", flush=True)
     summary = asyncio.run(
@@ -268,7 +286,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
             simulate=args.simulate,
             reasons=args.reason,
             providers=args.provider,
-            overrides=_overrides(args.set),
+            overrides=overrides,
             force=args.force,
         )
     )

@@ -117,6 +117,7 @@ class Prior:
     counts: dict[str, int] = field(default_factory=dict)
     document_errors: int = 0
     spent_usd: float = 0.0
+    spent_by_document: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, store: Store, run_id: str) -> Prior:
@@ -133,7 +134,13 @@ class Prior:
         spent = store.read(
             "SELECT coalesce(sum(cost_usd), 0) FROM ledger WHERE run_id = ?", [run_id]
         ).rows[0][0]
+        by_document = store.read(
+            "SELECT c.doc_id, sum(l.cost_usd) FROM ledger l JOIN chunks c "
+            "ON c.run_id = l.run_id AND c.chunk_id = l.chunk_id WHERE l.run_id = ? GROUP BY 1",
+            [run_id],
+        ).rows
         prior = cls(
+            spent_by_document={doc: float(usd) for doc, usd in by_document},
             documents=ids("SELECT doc_id FROM documents WHERE run_id = ?"),
             chunks=ids("SELECT chunk_id FROM chunks WHERE run_id = ?"),
             done=ids("SELECT chunk_id FROM results WHERE run_id = ?"),

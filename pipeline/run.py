@@ -173,7 +173,12 @@ class Run:
                 [self.run_id, window_start],
             ).rows[0][0]
             cap = min(cap, max(b.monthly_usd - float(others), 0.0))
-        return BudgetGuard(cap, spent_usd=self._spent_before(), document_cap_usd=b.document_usd)
+        return BudgetGuard(
+            cap,
+            spent_usd=self._spent_before(),
+            document_cap_usd=b.document_usd,
+            document_spent_usd=self.prior.spent_by_document,
+        )
 
     def _spent_before(self) -> float:
         """Ledger cost already recorded for this run id (0 for a new run)."""

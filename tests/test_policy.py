@@ -258,3 +258,10 @@ def test_monthly_cap_spent_skips_every_chunk_without_a_call(tmp_path: Path, sim_
     assert cap == 0.0
     assert (result.status, result.reason, result.attempts) == ("skipped", "budget_exhausted", 0)
     assert sim_env.requests() == []
+
+
+def test_a_resumed_run_counts_what_each_document_spent_before() -> None:
+    guard = BudgetGuard(10.0, spent_usd=0.8, document_cap_usd=1.0, document_spent_usd={"d1": 0.8})
+    assert guard.try_reserve(0.3, document="d1") is None  # 0.8 + 0.3 > 1.0
+    assert guard.try_reserve(0.3, document="d2") is not None  # d2 starts from 0
+    assert guard.try_reserve(0.2, document="d1") is not None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -84,10 +85,16 @@ class _Account:
 
 class BudgetGuard:
     """The run's cap (``cap_usd``, of which ``spent_usd`` is already used) and, when
-    ``document_cap_usd`` is set, the same cap for each document's chunks."""
+    ``document_cap_usd`` is set, the same cap for each document's chunks
+    (``document_spent_usd``: what each document already spent, for a resumed run)."""
 
     def __init__(
-        self, cap_usd: float, spent_usd: float = 0.0, *, document_cap_usd: float | None = None
+        self,
+        cap_usd: float,
+        spent_usd: float = 0.0,
+        *,
+        document_cap_usd: float | None = None,
+        document_spent_usd: Mapping[str, float] | None = None,
     ) -> None:
         if cap_usd < 0:
             raise ValueError(f"budget cap must not be negative, got {cap_usd}")
@@ -97,6 +104,7 @@ class BudgetGuard:
         self.document_cap_usd = document_cap_usd
         self._run = _Account(cap_usd, spent_usd)
         self._documents: dict[str, _Account] = {}
+        self._spent_before = dict(document_spent_usd or {})
         self._lock = threading.Lock()
 
     @property
@@ -166,5 +174,7 @@ class BudgetGuard:
             return None
         account = self._documents.get(document)
         if account is None:
-            account = self._documents[document] = _Account(self.document_cap_usd)
+            account = self._documents[document] = _Account(
+                self.document_cap_usd, self._spent_before.pop(document, 0.0)
+            )
         return account

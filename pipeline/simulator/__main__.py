@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -63,7 +64,10 @@ def _load_profiles(source: str | None) -> dict[str, EndpointProfile]:
 
 
 def _set_at_eof(stop: threading.Event) -> None:
-    for _ in sys.stdin.buffer:
+    # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader holds its
+    # lock, and interpreter shutdown then aborts with "could not acquire lock".
+    fd = sys.stdin.fileno()
+    while os.read(fd, 65_536):
         pass
     stop.set()
 

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOURNAL_DIR = "_journal"
+# Flat dataclasses: reading the fields is all ``asdict`` would do, without its deep copy.
+_LEDGER_FIELDS = tuple(f.name for f in dataclasses.fields(LedgerEntry))
+_RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(Result))
 
 
 class Journal:
@@ -64,11 +67,11 @@ class Journal:
 
     def append(self, entry: LedgerEntry) -> None:
         """Journal one attempt (a bare JSON object: the ledger row)."""
-        self._write(dataclasses.asdict(entry))
+        self._write({name: getattr(entry, name) for name in _LEDGER_FIELDS})
 
     def append_result(self, result: Result) -> None:
         """Journal one chunk's terminal result (``{"result": {...}}``)."""
-        self._write({"result": dataclasses.asdict(result)})
+        self._write({"result": {name: getattr(result, name) for name in _RESULT_FIELDS}})
 
     def _write(self, row: dict[str, object]) -> None:
         line = json.dumps(row, separators=(",", ":")) + "\n"
