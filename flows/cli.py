@@ -179,9 +179,19 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 def _where_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
     p.add_argument(
-        "--root", type=Path, help="output root (default: the config's, else ./docroute-output)"
+        "--root",
+        type=_root_arg,
+        help="output root, a folder or a URI like s3://bucket/prefix "
+        "(default: the config's, else ./docroute-output)",
     )
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+
+def _root_arg(text: str) -> Path | str:
+    """A folder, or an object-store URI kept as given (``Path`` would fold its ``//``)."""
+    from pipeline.store.fs import is_uri
+
+    return text if is_uri(text) else Path(text)
 
 
 def _usd(text: str) -> float:
@@ -209,7 +219,7 @@ def _config_path(given: Path | None) -> Path:
     return path
 
 
-def _root(args: argparse.Namespace) -> Path:
+def _root(args: argparse.Namespace) -> Path | str:
     if args.root is not None:
         return args.root
     if (
@@ -232,11 +242,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--resume RUN_ID already names the run; leave out --run-id")
     if args.force and not args.resume:
         raise ConfigError("--force only applies with --resume RUN_ID")
+    store = Store(cfg.output.root)  # an unusable object-store root stops here, before any call
     if args.resume:
         from pipeline.family import Versions, check_resume
         from schemas import get_schema
 
-        store = Store(cfg.output.root)
         require_run(store, args.resume)
         record = store.latest_run(args.resume)
         assert record is not None
@@ -375,12 +385,11 @@ def _out(text: str) -> None:
 def _store(args: argparse.Namespace) -> Any:
     from pipeline.store import Store
 
-    root = _root(args)
-    if not (root / "catalog.duckdb").exists():
+    store = Store(_root(args))
+    if not store.has_data():
         raise ConfigError(
-            f"no docroute data under {root} (run `docroute run` first, or pass --root)"
+            f"no docroute data under {store.root} (run `docroute run` first, or pass --root)"
         )
-    store = Store(root)
     recover(store)  # a killed run's journaled costs become ledger rows before anyone reads
     store.refresh_catalog()
     return store
@@ -434,7 +443,7 @@ def format_summary(s: dict[str, Any], config: Path) -> str:
         '  query      docroute sql "SELECT provider, sum(cost_usd) FROM ledger GROUP BY 1"'
         + (
             ""
-            if Path(s["output_root"]).resolve() == DEFAULT_ROOT.resolve()
+            if str(s["output_root"]) == str(DEFAULT_ROOT.resolve())
             else f" --root {s['output_root']}"
         ),
     ]

@@ -24,7 +24,6 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.store import Store
-from pipeline.store.parts import is_whole
 
 #: Absolute tolerance when recomputing a cost (USD): float sums, not policy.
 COST_TOLERANCE_USD = 1e-8
@@ -94,11 +93,7 @@ def _rows(store: Store, sql: str, run_id: str) -> list[dict[str, Any]]:
 def _parts(store: Store, run_id: str) -> Check:
     store.quarantine_damaged()
     damaged = [p for p in store.quarantined() if len(p.parts) > 2 and p.parts[2] == run_id]
-    damaged += [
-        p.relative_to(store.root)
-        for p in store.part_files()
-        if p.parent.name == run_id and not is_whole(p)
-    ]
+    damaged += [p for p in store.damaged_parts() if len(p.parts) > 1 and p.parts[1] == run_id]
     if not damaged:
         return Check("parts_whole", True, "every part of the run is a whole Parquet file")
     return Check(

@@ -6,7 +6,7 @@
 
 Relative paths in the file (``corpus.path``, ``corpus.residency_manifest``,
 ``output.root``) are resolved against the folder of the file, so a config means the same
-thing wherever docroute is started.
+thing wherever docroute is started; an ``output.root`` URI (``s3://…``) is taken as given.
 API keys are never in the file: a provider names the environment variable that holds
 its key (``api_key_env``).
 """
@@ -262,8 +262,35 @@ class ProviderConfig(_Model):
 
 
 class OutputConfig(_Model):
-    root: Path = Path("docroute-output")
-    """Folder for Parquet parts and ``catalog.duckdb`` (relative to this file)."""
+    root: Path | str = Path("docroute-output")
+    """Folder for Parquet parts and ``catalog.duckdb`` (relative to this file), or an
+    object-store URI (``s3://bucket/prefix``, ``gs://bucket/prefix``, ``file:///abs/path``;
+    pyarrow query parameters such as ``?region=…`` or ``?endpoint_override=…`` allowed).
+    Credentials come from the environment (``AWS_ACCESS_KEY_ID`` …), never from here."""
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _folder_or_uri(cls, value: Any) -> Any:
+        from urllib.parse import urlsplit
+
+        from pipeline.store.fs import SCHEMES, is_uri, secret_params
+
+        if not is_uri(value):
+            return Path(value) if isinstance(value, str) else value
+        scheme = urlsplit(value).scheme.lower()
+        if scheme not in SCHEMES:
+            raise ValueError(
+                f"unsupported scheme {scheme!r}; expected a folder or a URI starting with "
+                + ", ".join(f"{s}://" for s in SCHEMES)
+            )
+        secret = secret_params(value)
+        if secret or "@" in urlsplit(value).netloc:
+            raise ValueError(
+                f"credentials in the URI ({', '.join(secret) or 'user:password@'}) are refused; "
+                "give them through the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                "AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)"
+            )
+        return value
 
 
 class Config(_Model):
@@ -374,7 +401,10 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         manifest = (base / corpus.residency_manifest).resolve()
         load_manifest(manifest)  # a bad manifest stops here, before any document is read
         corpus = corpus.model_copy(update={"residency_manifest": manifest})
-    output = cfg.output.model_copy(update={"root": (base / cfg.output.root).resolve()})
+    root = cfg.output.root  # a URI is not a path: it is taken as it is
+    if isinstance(root, Path):
+        root = (base / root).resolve()
+    output = cfg.output.model_copy(update={"root": root})
     return cfg.model_copy(update={"corpus": corpus, "output": output})
 
 
@@ -402,6 +432,10 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 
 def _short(value: Any) -> str:
+    from pipeline.store.fs import RootURI, is_uri
+
+    if is_uri(value):  # a URI given with credentials is shown without them
+        value = str(RootURI.of(value))
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

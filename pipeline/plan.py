@@ -259,10 +259,10 @@ def history(cfg: Config, schema_name: str) -> History:
         output_tokens_per_attempt=DEFAULT_OUTPUT_FRACTION * cfg.task.max_output_tokens,
         input_ratio=1.0,
     )
-    root = cfg.output.root
-    if not all((root / t).is_dir() for t in ("ledger", "results", "chunks")):
+    store = Store(cfg.output.root)
+    if not store.has_tables(("ledger", "results", "chunks")):
         return History(default)
-    rows = Store(root).read(_HISTORY_SQL, [schema_name, HISTORY_RUNS]).rows
+    rows = store.read(_HISTORY_SQL, [schema_name, HISTORY_RUNS]).rows
     overhead = prompt_token_estimate(first_messages(_instructions(cfg), ""), 0)
     prices = {e.key: e for e in endpoints_from_config(cfg)}
     by_endpoint: dict[str, Basis] = {}

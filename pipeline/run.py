@@ -215,7 +215,7 @@ class Run:
         endpoints_from_config(cfg)  # an unpriceable model fails here, before any work
         store = Store(cfg.output.root)
         try:
-            lock = RunLock.acquire(store.root, run_id)
+            lock = RunLock.acquire(store.state_dir, run_id)
         except RunBusyError as exc:
             raise ConfigError(str(exc)) from None
         try:
@@ -341,7 +341,7 @@ class Run:
         keys = {c.chunk_id: self.versions.key(c.text) for c in batch.chunks}
         reused = self._reused(batch.chunks, keys)
         todo = [c for c in batch.chunks if c.chunk_id not in reused]
-        with Journal.open(self.store.root, self.run_id, batch.batch_id) as journal:
+        with Journal.open(self.store.state_dir, self.run_id, batch.batch_id) as journal:
 
             def finished(result: Result) -> None:
                 result = self._stamp(result, keys[result.chunk_id])
@@ -459,7 +459,9 @@ class Run:
             },
             "simulated": list(self.conn.simulated),
             "output_root": str(self.store.root),
-            "catalog": str(self.store.root / "catalog.duckdb"),
+            "catalog": "none (object-store root)"
+            if self.store.remote
+            else str(self.store.catalog_path),
         }
 
 

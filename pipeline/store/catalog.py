@@ -113,20 +113,26 @@ def view_statements(
     """
     if any(ch in str(root) for ch in "*?[]{}"):
         raise ValueError(f"the store root {root} must not contain glob characters (*?[]{{}})")
-    wanted = [
-        t for t in TABLES if t in tables or any(t in DERIVED[d] for d in tables if d in DERIVED)
-    ]
     kind = "TEMP VIEW" if temp else "VIEW"
     out = [
         f"CREATE OR REPLACE {kind} {table} AS {_view_body(root, table, snapshot)}"
-        for table in wanted
+        for table in stored_tables_for(tables)
     ]
-    out += [
+    return out + derived_statements(tables, kind)
+
+
+def stored_tables_for(names: Sequence[str]) -> list[str]:
+    """The stored tables that ``names`` (tables and derived views) read, in table order."""
+    return [t for t in TABLES if t in names or any(t in DERIVED[d] for d in names if d in DERIVED)]
+
+
+def derived_statements(names: Sequence[str], kind: str = "TEMP VIEW") -> list[str]:
+    """``CREATE OR REPLACE`` of the derived views among ``names`` (their tables come first)."""
+    return [
         f"CREATE OR REPLACE {kind} {name} AS {_DERIVED_SQL[name]}"
         for name in DERIVED
-        if name in tables
+        if name in names
     ]
-    return out
 
 
 def tables_named_in(sql: str) -> list[str]:
@@ -157,11 +163,7 @@ def _view_body(root: Path, table: str, snapshot: bool = False) -> str:
         source = f"read_parquet([{listed}], union_by_name=true, hive_partitioning=false"
         if table != "runs":
             return f"SELECT * FROM {source})"
-        return (
-            f"SELECT * EXCLUDE (filename) FROM {source}, filename=true) "
-            "QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY updated_at DESC, "
-            "filename DESC) = 1"
-        )
+        return f"SELECT * EXCLUDE (filename) FROM {source}, filename=true) {LATEST_RUN}"
     glob = sql_string(f"{root}/{table}/**/*.parquet")
     source = f"read_parquet({glob}, union_by_name=true, hive_partitioning=false, filename=true)"
     # Parts a merged part replaces: hidden from the instant the merged part is renamed in.
@@ -174,11 +176,13 @@ def _view_body(root: Path, table: str, snapshot: bool = False) -> str:
     if table != "runs":
         return f"SELECT * EXCLUDE (filename) {visible}"
     # Latest record per run; the part name (zero-padded sequence) breaks updated_at ties.
-    return (
-        f"SELECT * EXCLUDE (filename) {visible} "
-        "QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY updated_at DESC, "
-        "filename DESC) = 1"
-    )
+    return f"SELECT * EXCLUDE (filename) {visible} {LATEST_RUN}"
+
+
+#: The latest record per run; the part name (zero-padded sequence) breaks ties.
+LATEST_RUN = (
+    "QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY updated_at DESC, filename DESC) = 1"
+)
 
 
 _DERIVED_SQL = {
@@ -309,13 +313,14 @@ def _label(statement: duckdb.Statement) -> str:
     return statement.type.name
 
 
-def sandbox(con: duckdb.DuckDBPyConnection, root: Path) -> None:
-    """Let ``con`` read files under ``root`` only, and lock its settings.
+def sandbox(con: duckdb.DuckDBPyConnection, root: Path | None) -> None:
+    """Let ``con`` read files under ``root`` only (none for ``None``), and lock its settings.
 
     Order matters: allowed_directories can't change once external access is off, and
     nothing can change once the configuration is locked.
     """
-    con.execute(f"SET allowed_directories = [{sql_string(f'{root}/')}]")
+    if root is not None:
+        con.execute(f"SET allowed_directories = [{sql_string(f'{root}/')}]")
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
     con.execute("SET enable_external_access = false")
@@ -330,7 +335,7 @@ def run(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None) 
     return QueryResult(columns=columns, rows=[tuple(row) for row in rows])
 
 
-def user_error(exc: duckdb.Error, root: Path) -> QueryError:
+def user_error(exc: duckdb.Error, root: Path | str) -> QueryError:
     """A DuckDB error as the store's error, worded for someone typing ``docroute sql``."""
     text = str(exc)
     if isinstance(exc, duckdb.PermissionException):

@@ -25,12 +25,16 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .parts import fsync_dir, is_whole, next_seq
+
+T = TypeVar("T")
 
 REPLACES_KEY = b"docroute.replaces"
 MERGED_SUFFIX = "-m.parquet"
@@ -55,8 +59,14 @@ def visible_parts(folder: Path) -> list[Path]:
         names = sorted(
             e.name for e in entries if e.name.startswith("part-") and e.name.endswith(".parquet")
         )
-    hidden = {gone for name in names for gone in replaced_by(folder / name)}
-    return [folder / name for name in names if name not in hidden]
+    return [folder / name for name in without_replaced(names, lambda n: replaced_by(folder / n))]
+
+
+def without_replaced(names: list[str], replaced_of: Callable[[str], list[str]]) -> list[str]:
+    """``names`` minus those a merged part among them replaces (``replaced_of(merged)``)."""
+    merged = [name for name in names if name.endswith(MERGED_SUFFIX)]
+    hidden = {gone for name in merged for gone in replaced_of(name)}
+    return [name for name in names if name not in hidden]
 
 
 def collect_garbage(folder: Path, *, grace_s: float = GRACE_S) -> int:
@@ -95,10 +105,14 @@ def compact_folder(
 
 
 def _groups(parts: list[Path]) -> list[list[Path]]:
-    groups: list[list[Path]] = [[]]
+    return groups_of([(part, part.stat().st_size) for part in parts])
+
+
+def groups_of(sized: list[tuple[T, int]]) -> list[list[T]]:
+    """Consecutive items in groups of up to ``TARGET_BYTES`` (by their given sizes)."""
+    groups: list[list[T]] = [[]]
     size = 0
-    for part in parts:
-        part_size = part.stat().st_size
+    for part, part_size in sized:
         if groups[-1] and size + part_size > TARGET_BYTES:
             groups.append([])
             size = 0
@@ -118,7 +132,7 @@ def _merge(folder: Path, group: list[Path], schema: pa.Schema) -> Path:
                 for part in group:
                     source = pq.ParquetFile(part)
                     for batch in source.iter_batches(batch_size=65_536):
-                        writer.write_table(_conform(pa.Table.from_batches([batch]), schema))
+                        writer.write_table(conform(pa.Table.from_batches([batch]), schema))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)  # the switch: new part visible, the group hidden
@@ -130,7 +144,7 @@ def _merge(folder: Path, group: list[Path], schema: pa.Schema) -> Path:
     return final
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` with ``schema``'s columns in order: missing ones null, types cast."""
     columns = []
     for field in schema:

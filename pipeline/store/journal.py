@@ -21,6 +21,10 @@ was journaled is therefore never asked for again when its run resumes. A live wr
 holds an exclusive ``flock`` on its journal, so recovery never touches a journal that is
 still being written.
 
+For an object-store root, ``<root>`` here is the local state folder
+(``Store.state_dir``): appends and locks need a local filesystem. A journal left by a
+machine that died stays on that machine; a run on another machine cannot recover it.
+
 A run in progress also holds ``<root>/_journal/<run_id>/run.lock`` (:class:`RunLock`):
 ``recover`` marks a run whose record says ``running`` but whose lock nobody holds as
 ``interrupted``, and ``docroute run --resume`` refuses a run that is still alive.
@@ -131,7 +135,7 @@ def recover(store: Store) -> int:
     Also marks runs left ``running`` by a dead process as ``interrupted``.
     """
     recovered = 0
-    for path in sorted((store.root / JOURNAL_DIR).glob("*/*.jsonl")):
+    for path in sorted((store.state_dir / JOURNAL_DIR).glob("*/*.jsonl")):
         fd = os.open(path, os.O_RDONLY)
         try:
             try:
@@ -234,7 +238,7 @@ def _mark_interrupted(store: Store) -> None:
     stale = store.read("SELECT * FROM runs WHERE status = 'running'").to_dicts()
     for row in stale:
         record = RunRecord.from_row(row)
-        if RunLock.held(store.root, record.run_id):
+        if RunLock.held(store.state_dir, record.run_id):
             continue
         record.status = "interrupted"
         record.updated_at = 0.0

@@ -1,8 +1,9 @@
 """Named, ordered migrations of an output root, so an old root opens with a newer docroute.
 
 ``<root>/_catalog.json`` lists the migrations applied to the root. ``migrate(store)``
-applies the missing ones in order under an exclusive lock (``<root>/_catalog.lock``), and
-refuses a root that a newer docroute has migrated further than this one knows::
+applies the missing ones in order under an exclusive lock (``<root>/_catalog.lock``; for
+an object-store root, in its local state folder, so only processes of one machine are
+serialised), and refuses a root that a newer docroute has migrated further than this one knows::
 
     applied = migrate(store)          # e.g. ["0002_part_schemas", "0003_runs_family"]
 
@@ -21,7 +22,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .parts import ensure_dir, fsync_dir
-from .tables import SCHEMAS, TABLES
 
 if TYPE_CHECKING:
     from .store import Store
@@ -42,10 +42,7 @@ def _baseline(store: Store) -> None:
 
 def _part_schemas(store: Store) -> None:
     """Rewrite each table's zero-row ``_schema.parquet`` with today's columns."""
-    from .parts import write_schema_file
-
-    for table in TABLES:
-        write_schema_file(store.root / table, SCHEMAS[table])
+    store.write_schema_files()
 
 
 def _runs_family(store: Store) -> None:
@@ -80,10 +77,12 @@ MIGRATIONS: list[tuple[str, Callable[[Store], None]]] = [
 
 def applied(store: Store) -> list[str]:
     """Names of the migrations the root has had (none for a root from before migrations)."""
-    path = store.root / STATE_FILE
-    if not path.exists():
-        return []
-    return list(json.loads(path.read_text(encoding="utf-8"))["migrations"])
+    if store.remote:
+        text = store.remote.read_text(STATE_FILE)
+    else:
+        path = store.state_dir / STATE_FILE
+        text = path.read_text(encoding="utf-8") if path.exists() else None
+    return [] if text is None else list(json.loads(text)["migrations"])
 
 
 def migrate(store: Store) -> list[str]:
@@ -92,8 +91,8 @@ def migrate(store: Store) -> list[str]:
     done = applied(store)
     if done == known:
         return []
-    ensure_dir(store.root)
-    fd = os.open(store.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    ensure_dir(store.state_dir)  # a remote root's lock is local: one machine migrates at once
+    fd = os.open(store.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         done = applied(store)  # another process may have migrated while we waited
@@ -121,8 +120,12 @@ def migrate(store: Store) -> list[str]:
 
 
 def _save(store: Store, names: list[str]) -> None:
-    path = store.root / STATE_FILE
+    text = json.dumps({"migrations": names}, indent=2) + "\n"
+    if store.remote:
+        store.remote.write_text(STATE_FILE, text)  # one PUT: whole or absent
+        return
+    path = store.state_dir / STATE_FILE
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"migrations": names}, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-    fsync_dir(store.root)
+    fsync_dir(store.state_dir)

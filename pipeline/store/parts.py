@@ -21,6 +21,7 @@ import contextlib
 import os
 import re
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -70,8 +71,13 @@ def is_whole(path: Path) -> bool:
             tail = fh.read(8)
     except OSError:
         return False
+    return whole_tail(tail, size)
+
+
+def whole_tail(tail: bytes, size: int) -> bool:
+    """Whether the last 8 bytes of a ``size``-byte file end a Parquet file (footer + ``PAR1``)."""
     footer = int.from_bytes(tail[:4], "little")
-    return tail[4:] == b"PAR1" and footer + 12 <= size
+    return len(tail) == 8 and tail[4:] == b"PAR1" and footer + 12 <= size
 
 
 def next_seq(folder: Path) -> int:
@@ -80,12 +86,17 @@ def next_seq(folder: Path) -> int:
     Two writers racing may pick the same number; the uuid suffix keeps their names
     distinct, and the number only orders parts for people reading the folder.
     """
-    highest = 0
     with os.scandir(folder) as entries:
-        for entry in entries:
-            match = _PART_SEQ.match(entry.name)
-            if match:
-                highest = max(highest, int(match.group(1)))
+        return seq_after(entry.name for entry in entries)
+
+
+def seq_after(names: Iterable[str]) -> int:
+    """One more than the highest part number among ``names`` (1 when there is none)."""
+    highest = 0
+    for name in names:
+        match = _PART_SEQ.match(name)
+        if match:
+            highest = max(highest, int(match.group(1)))
     return highest + 1
 
 
