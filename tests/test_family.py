@@ -161,20 +161,30 @@ def test_rerun_with_a_changed_prompt_is_refused_unless_forced(
     assert len(child) == 1 and child[0][0] != parent
 
 
+def _batch_fails(monkeypatch: pytest.MonkeyPatch, nth: int, message: str) -> Any:
+    """The ``nth`` batch of the process fails before dispatch (a storage error, say).
+
+    Returns the original method, to put back (``monkeypatch.undo`` would also undo the
+    fixtures' settings, such as the simulator's address).
+    """
+    original = Run.process_batch
+    calls = {"n": 0}
+
+    async def failing(self: Run, batch: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == nth:
+            raise OSError(message)
+        return await original(self, batch)
+
+    monkeypatch.setattr(Run, "process_batch", failing)
+    return original
+
+
 def test_resume_skips_committed_chunks_and_counts_spent_budget(
     tmp_path: Path, sim_env: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _config(tmp_path, batch_size=20)
-    original = Run.process_batch
-    calls = {"n": 0}
-
-    async def dies_on_third(self: Run, batch: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError("disk went away")
-        return await original(self, batch)
-
-    monkeypatch.setattr(Run, "process_batch", dies_on_third)
+    original = _batch_fails(monkeypatch, 3, "disk went away")
     with pytest.raises(Exception, match="disk went away"):
         asyncio.run(nightly_batch(config_path=str(config), run_id="r-1"))
     monkeypatch.setattr(Run, "process_batch", original)
@@ -202,7 +212,9 @@ def test_resume_skips_committed_chunks_and_counts_spent_budget(
     assert main(["audit", "r-1", "--root", str(tmp_path / "out")]) == 0
 
 
-def test_resume_refuses_a_finished_run_and_a_changed_schema(tmp_path: Path, sim_env: Any) -> None:
+def test_resume_refuses_a_finished_run_and_a_changed_prompt(
+    tmp_path: Path, sim_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = _config(tmp_path)
     asyncio.run(nightly_batch(config_path=str(config), run_id="done-1"))
     with pytest.raises(ConfigError, match="already finished"):
@@ -210,21 +222,25 @@ def test_resume_refuses_a_finished_run_and_a_changed_schema(tmp_path: Path, sim_
     with pytest.raises(ConfigError, match="already exists"):
         asyncio.run(nightly_batch(config_path=str(config), run_id="done-1"))
 
+    config = _config(tmp_path, batch_size=20)
+    original = _batch_fails(monkeypatch, 2, "disk went away")
+    with pytest.raises(Exception, match="disk went away"):
+        asyncio.run(nightly_batch(config_path=str(config), run_id="cut-1"))
+    monkeypatch.setattr(Run, "process_batch", original)
+    changed = _config(tmp_path, batch_size=20, instructions="Summarise in one line.")
+    with pytest.raises(ConfigError, match="prompt version"):
+        asyncio.run(nightly_batch(config_path=str(changed), run_id="cut-1", resume=True))
+    done = asyncio.run(
+        nightly_batch(config_path=str(changed), run_id="cut-1", resume=True, force=True)
+    )
+    assert done["status"] == "completed_with_failures"  # the Swiss chunks: no route
+
 
 def test_a_prefect_retry_of_the_flow_run_resumes_the_same_run(
     tmp_path: Path, sim_env: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _config(tmp_path, batch_size=20)
-    original = Run.process_batch
-    calls = {"n": 0}
-
-    async def dies_once(self: Run, batch: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError("transient storage failure")
-        return await original(self, batch)
-
-    monkeypatch.setattr(Run, "process_batch", dies_once)
+    _batch_fails(monkeypatch, 2, "transient storage failure")
     retrying = nightly_batch.with_options(retries=1, retry_delay_seconds=0)
     summary = asyncio.run(retrying(config_path=str(config)))
 
