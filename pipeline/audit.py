@@ -12,7 +12,8 @@ Checks, each over the Parquet parts (nothing is taken from the running code):
   no chunk is stored twice;
 - ``ledger_unique``: no attempt is recorded twice (``attempt_id``);
 - ``cost_matches_prices``: every attempt's cost equals its tokens × the prices the run
-  recorded for that endpoint (the ``prices`` table), to a millionth of a cent;
+  recorded for that endpoint (the ``prices`` table), to a millionth of a cent; an attempt
+  left ``interrupted`` by a dead process costs its reserved worst case;
 - ``parts_whole``: no part of the run is damaged (truncated files are moved to
   ``_quarantine/`` by the store and listed here).
 """
@@ -178,11 +179,12 @@ def _costs(store: Store, run_id: str) -> Check:
         store,
         "WITH recomputed AS ("
         " SELECT l.attempt_id, l.chunk_id, l.provider, l.model, l.cost_usd, min(abs(l.cost_usd - ("
+        "  CASE WHEN l.outcome = 'interrupted' THEN l.reserved_usd * 1e6 ELSE"
         "  greatest(l.input_tokens - l.cached_input_tokens - l.cache_write_tokens, 0)"
         "   * p.input_per_mtok"
         "  + l.cached_input_tokens * p.cached_input_per_mtok"
         "  + l.cache_write_tokens * coalesce(p.cache_write_per_mtok, p.input_per_mtok)"
-        "  + l.output_tokens * p.output_per_mtok) / 1e6)) AS off_by"
+        "  + l.output_tokens * p.output_per_mtok END) / 1e6)) AS off_by"
         " FROM ledger l LEFT JOIN prices p"
         "  ON p.run_id = l.run_id AND p.provider = l.provider AND p.model = l.model"
         " WHERE l.run_id = ? AND l.provider IS NOT NULL GROUP BY ALL)"

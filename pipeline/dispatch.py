@@ -319,6 +319,9 @@ class Dispatcher:
         job.shortfall = None
         started = time.time()
         usage, cost = Usage(), 0.0
+        attempt_id = uuid.uuid4().hex
+        if job.sink is not None:  # journaled before the call: a kill now still leaves its trace
+            job.sink(self._in_flight(job, endpoint, started, reserve, attempt_id))
         try:
             reply = await self.providers[endpoint.provider].complete(
                 ChatRequest(
@@ -344,7 +347,7 @@ class Dispatcher:
                 gate.record_failure(exc.retry_after)
             usage = exc.usage
             cost = endpoint.price.cost_usd(usage)
-            self._ledger(job, endpoint, started, usage, cost, reserve, exc.outcome, exc)
+            self._ledger(job, endpoint, started, usage, cost, reserve, exc.outcome, exc, attempt_id)
             raise
         finally:
             self.budget.settle(hold, cost)
@@ -357,6 +360,7 @@ class Dispatcher:
             reserve,
             "ok",
             None,
+            attempt_id,
             reply.request_id,
             reply.model_reported,
         )
@@ -378,6 +382,7 @@ class Dispatcher:
         reserved: float,
         outcome: Outcome,
         exc: errors.ProviderError | None,
+        attempt_id: str,
         request_id: str | None = None,
         model_reported: str | None = None,
     ) -> None:
@@ -405,11 +410,43 @@ class Dispatcher:
                 error=job.last_error,
                 request_id=request_id or (exc.request_id if exc is not None else None),
                 model_reported=model_reported,
-                attempt_id=uuid.uuid4().hex,
+                attempt_id=attempt_id,
             )
         )
         if job.sink is not None:
             job.sink(job.ledger[-1])
+
+    def _in_flight(
+        self, job: _Job, endpoint: Endpoint, started: float, reserved: float, attempt_id: str
+    ) -> LedgerEntry:
+        """The entry an attempt leaves if the process dies before it completes.
+
+        It costs the reserved worst case (the provider may have billed the call), so a
+        resumed run counts it against the cap; the completed entry, with the same
+        ``attempt_id`` and journaled after it, replaces it.
+        """
+        return LedgerEntry(
+            run_id=self.run_id,
+            chunk_id=job.chunk.chunk_id,
+            attempt=job.attempts,
+            provider=endpoint.provider,
+            model=endpoint.model,
+            region=endpoint.region,
+            mode="sync",
+            started_at=started,
+            latency_ms=0.0,
+            input_tokens=0,
+            output_tokens=0,
+            cached_input_tokens=0,
+            cache_write_tokens=0,
+            cost_usd=reserved,
+            reserved_usd=reserved,
+            outcome="interrupted",
+            http_status=None,
+            error="the process stopped while this call was in flight; its cost is the "
+            "reserved worst case, since the provider may have billed it",
+            attempt_id=attempt_id,
+        )
 
     def _record_refusal(self, job: _Job, outcome: Outcome, why: str) -> None:
         """A decision not to call (no route, no budget): a zero-cost ledger row says why."""

@@ -31,6 +31,7 @@ Outcome = Literal[
     "budget_exhausted",
     "no_route",
     "internal_error",
+    "interrupted",  # the process died with the call in flight: its reserved worst case
 ]
 
 

@@ -337,6 +337,7 @@ attempt AS (
                OVER (PARTITION BY run_id, chunk_id ORDER BY attempt, started_at) AS first_endpoint
     FROM ledger
     WHERE run_id IN (SELECT run_id FROM recent) AND provider IS NOT NULL
+          AND outcome <> 'interrupted'
 ),
 per_chunk AS (
     SELECT run_id, chunk_id, any_value(first_endpoint) AS first_endpoint,

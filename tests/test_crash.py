@@ -94,13 +94,16 @@ def _journal_lines(root: Path) -> int:
 
 
 def _attempts_kept(root: Path, run_id: str) -> int:
-    """Provider attempts of ``run_id`` on disk: in ledger parts, or journaled."""
+    """Completed provider attempts of ``run_id`` on disk: in ledger parts, or journaled
+    (an attempt still in flight is journaled as ``interrupted`` until it completes)."""
     journaled = 0
     for path in (root / JOURNAL_DIR / run_id).glob("*.jsonl"):
         entries, _ = read_journal(path)
-        journaled += sum(e.provider is not None for e in entries)
+        journaled += sum(e.provider is not None and e.outcome != "interrupted" for e in entries)
     parts = Store(root).read(
-        "SELECT count(*) FROM ledger WHERE run_id = ? AND provider IS NOT NULL", [run_id]
+        "SELECT count(*) FROM ledger WHERE run_id = ? AND provider IS NOT NULL "
+        "AND outcome <> 'interrupted'",
+        [run_id],
     )
     return journaled + int(parts.rows[0][0])
 
@@ -195,6 +198,15 @@ def test_kill_9_at_a_dozen_points_then_resume_finishes_every_chunk_exactly_once(
         ).rows[0]
         assert ledger[0] == ledger[1], "no attempt recorded twice"
         assert (ledger[2], ledger[3]) == sim.tokens_served(), "the ledger matches the oracle"
+        # Calls that died in flight are in the ledger at their reserved worst case (the
+        # provider may have billed them), so a resumed run counted them against its cap.
+        lost = store.read(
+            "SELECT count(*), count(*) FILTER (cost_usd = reserved_usd AND cost_usd > 0) "
+            "FROM ledger WHERE run_id = ? AND outcome = 'interrupted'",
+            [run_id],
+        ).rows[0]
+        dropped = sum(r.status == NO_RESPONSE for r in sim.requests())
+        assert lost[0] == lost[1] and lost[0] >= dropped > 0, (lost, dropped)
         assert record.spend_usd == pytest.approx(
             store.read("SELECT sum(cost_usd) FROM ledger WHERE run_id = ?", [run_id]).rows[0][0]
         )
@@ -255,3 +267,26 @@ def test_journal_lines_are_whole_json(tmp_path: Path) -> None:
     journal.close()
     (line,) = journal.path.read_text().splitlines()
     assert json.loads(line)["attempt_id"] == "a1"
+
+
+def test_a_call_in_flight_at_a_kill_is_ledgered_at_its_reserved_worst_case(
+    tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    store = Store(tmp_path)
+    journal = Journal.open(store.root, "r1", "r1/b00001")
+    for i in range(3):  # each call journaled as it starts …
+        started = dataclasses.replace(
+            _entry(i), outcome="interrupted", cost_usd=0.02, input_tokens=0, output_tokens=0
+        )
+        journal.append(started)
+    journal.append(_entry(0))  # … and again when it completes: calls 1 and 2 never did
+    journal.append(_entry(2))
+    journal.close()  # the process dies
+
+    assert recover(store) == 3
+    rows = store.read(
+        "SELECT attempt_id, outcome, cost_usd, input_tokens FROM ledger ORDER BY attempt_id"
+    ).rows
+    assert rows == [("a0", "ok", 0.01, 10), ("a1", "interrupted", 0.02, 0), ("a2", "ok", 0.01, 10)]

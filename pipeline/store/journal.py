@@ -113,7 +113,10 @@ def read_entries(path: Path) -> list[LedgerEntry]:
 def read_journal(path: Path) -> tuple[list[LedgerEntry], list[Result]]:
     """The complete ledger entries and results of a journal.
 
-    A torn last line (a crash mid-write) is dropped with a warning.
+    An attempt is journaled twice: as ``interrupted`` when the call starts, and for good
+    when it completes; the later line wins, so only calls that were in flight when the
+    writer died stay ``interrupted``. A torn last line (a crash mid-write) is dropped
+    with a warning.
     """
     entries: list[LedgerEntry] = []
     results: list[Result] = []
@@ -126,7 +129,8 @@ def read_journal(path: Path) -> tuple[list[LedgerEntry], list[Result]]:
                 entries.append(LedgerEntry(**row))
         except (ValueError, TypeError):
             log.warning("skipping a torn line in %s", path)
-    return entries, results
+    latest = {e.attempt_id or str(i): e for i, e in enumerate(entries)}  # last line wins
+    return list(latest.values()), results
 
 
 def recover(store: Store) -> int:
