@@ -85,6 +85,9 @@ class DispatchSettings:
     """What a reservation that no longer fits does (``budget.on_exhausted``)."""
 
 
+_NO_USAGE = Usage()
+
+
 class _Next(Enum):
     DONE = "done"  # the chunk has its result
     NEXT = "next"  # try the next candidate
@@ -388,33 +391,24 @@ class Dispatcher:
     ) -> None:
         job.last_outcome = outcome
         job.last_error = scrub(exc.message) if exc is not None else None
-        job.ledger.append(
-            LedgerEntry(
-                run_id=self.run_id,
-                chunk_id=job.chunk.chunk_id,
-                attempt=job.attempts,
-                provider=endpoint.provider,
-                model=endpoint.model,
-                region=endpoint.region,
-                mode="sync",
-                started_at=started,
+        self._append(
+            job,
+            self._entry(
+                job,
+                endpoint,
+                started=started,
                 latency_ms=(time.time() - started) * 1000,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cached_input_tokens=usage.cached_input_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                cost_usd=cost,
-                reserved_usd=reserved,
+                usage=usage,
+                cost=cost,
+                reserved=reserved,
                 outcome=outcome,
                 http_status=exc.http_status if exc is not None else 200,
                 error=job.last_error,
+                attempt_id=attempt_id,
                 request_id=request_id or (exc.request_id if exc is not None else None),
                 model_reported=model_reported,
-                attempt_id=attempt_id,
-            )
+            ),
         )
-        if job.sink is not None:
-            job.sink(job.ledger[-1])
 
     def _in_flight(
         self, job: _Job, endpoint: Endpoint, started: float, reserved: float, attempt_id: str
@@ -425,24 +419,13 @@ class Dispatcher:
         resumed run counts it against the cap; the completed entry, with the same
         ``attempt_id`` and journaled after it, replaces it.
         """
-        return LedgerEntry(
-            run_id=self.run_id,
-            chunk_id=job.chunk.chunk_id,
-            attempt=job.attempts,
-            provider=endpoint.provider,
-            model=endpoint.model,
-            region=endpoint.region,
-            mode="sync",
-            started_at=started,
-            latency_ms=0.0,
-            input_tokens=0,
-            output_tokens=0,
-            cached_input_tokens=0,
-            cache_write_tokens=0,
-            cost_usd=reserved,
-            reserved_usd=reserved,
+        return self._entry(
+            job,
+            endpoint,
+            started=started,
+            cost=reserved,
+            reserved=reserved,
             outcome="interrupted",
-            http_status=None,
             error="the process stopped while this call was in flight; its cost is the "
             "reserved worst case, since the provider may have billed it",
             attempt_id=attempt_id,
@@ -451,31 +434,58 @@ class Dispatcher:
     def _record_refusal(self, job: _Job, outcome: Outcome, why: str) -> None:
         """A decision not to call (no route, no budget): a zero-cost ledger row says why."""
         job.last_outcome, job.last_error = outcome, why
-        job.ledger.append(
-            LedgerEntry(
-                run_id=self.run_id,
-                chunk_id=job.chunk.chunk_id,
-                attempt=0,  # not an attempt: a decision not to call
-                provider=None,
-                model=None,
-                region=None,
-                mode="sync",
-                started_at=time.time(),
-                latency_ms=0.0,
-                input_tokens=0,
-                output_tokens=0,
-                cached_input_tokens=0,
-                cache_write_tokens=0,
-                cost_usd=0.0,
-                reserved_usd=0.0,
-                outcome=outcome,
-                http_status=None,
-                error=why,
-                attempt_id=uuid.uuid4().hex,
-            )
+        entry = self._entry(
+            job, None, started=time.time(), outcome=outcome, error=why, attempt_id=uuid.uuid4().hex
         )
+        self._append(job, entry)
+
+    def _entry(
+        self,
+        job: _Job,
+        endpoint: Endpoint | None,
+        *,
+        started: float,
+        outcome: Outcome,
+        error: str | None,
+        attempt_id: str,
+        latency_ms: float = 0.0,
+        usage: Usage = _NO_USAGE,
+        cost: float = 0.0,
+        reserved: float = 0.0,
+        http_status: int | None = None,
+        request_id: str | None = None,
+        model_reported: str | None = None,
+    ) -> LedgerEntry:
+        """One ledger row of ``job``; without ``endpoint``, a decision not to call (attempt 0)."""
+        return LedgerEntry(
+            run_id=self.run_id,
+            chunk_id=job.chunk.chunk_id,
+            attempt=job.attempts if endpoint is not None else 0,
+            provider=endpoint.provider if endpoint is not None else None,
+            model=endpoint.model if endpoint is not None else None,
+            region=endpoint.region if endpoint is not None else None,
+            mode="sync",
+            started_at=started,
+            latency_ms=latency_ms,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cost_usd=cost,
+            reserved_usd=reserved,
+            outcome=outcome,
+            http_status=http_status,
+            error=error,
+            request_id=request_id,
+            model_reported=model_reported,
+            attempt_id=attempt_id,
+        )
+
+    @staticmethod
+    def _append(job: _Job, entry: LedgerEntry) -> None:
+        job.ledger.append(entry)
         if job.sink is not None:
-            job.sink(job.ledger[-1])
+            job.sink(entry)
 
     def _finish(self, job: _Job) -> Result:
         if job.output is not None:
