@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Protocol
 
+from pipeline.breaks import HEADING_MAX_CHARS, best_break, trimmed
 from pipeline.models import Chunk, Document, stable_id
 
 __all__ = [
@@ -133,17 +134,6 @@ class Span:
 
 _NON_SPACE = re.compile(r"\S")
 _WORD_START = re.compile(r"(?<=\s)\S")
-_PARAGRAPH = re.compile(r"\n(?:[^\S\n]*\n|(?=#{1,6}[ \t]))")  # blank line, or a heading's line
-_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s)")
-# The last match in text[pos:endpos]: ``.*`` jumps to the end and backs off from there
-# (quickest when what follows starts with a literal character).
-_LAST_PARAGRAPH = re.compile(rf"(?s:.*){_PARAGRAPH.pattern}")
-_LAST_SENTENCE_END = re.compile(rf"(?s:.*){_SENTENCE_END.pattern}")
-_LAST_SPACE = re.compile(r"(?s:.*)\s")
-_LAST_NON_SPACE = re.compile(r"(?s:.*)\S")
-_HEADING = re.compile(r" {0,3}#{1,6}[ \t]")
-_HEADING_MAX_CHARS = 300
-
 # Words: cut before a space that follows a non-space, or a newline when the spaces it
 # starts lead to a non-space (an indented line); tiktoken never joins across either.
 _WORDS = re.compile(r"[\s\S][^ ]*(?:(?:(?<=[^\S\r\n]) +|(?<=[\r\n]) +(?![^\S\r\n]*\S))[^ ]*)*")
@@ -151,7 +141,7 @@ _FORGET_WORDS = 4096  # words indexed before a span's start that make it compact
 
 _FIRST_CHARS_PER_TOKEN = 4.0
 _MAX_CHARS_PER_TOKEN = 64  # a window is at most this many characters per allowed token
-_LOOKBACK = _HEADING_MAX_CHARS + 1  # kept before a span's start (the heading check)
+_LOOKBACK = HEADING_MAX_CHARS + 1  # kept before a span's start (the heading check)
 _READ_AHEAD = 1 << 16  # a stream is read in at least this many characters at a time
 _GROW_STEPS = 3  # a window that fits with room grows at most this often ...
 _GROW_FACTOR = 4  # ... by at most this factor each time (a counter that says 0 stays cheap)
@@ -405,8 +395,8 @@ class _ByLength:
         text, base = buf.text, buf.base
         local = start - base
         hi = min(len(text), local + self.window)
-        cut = hi if hi == len(text) else _best_break(text, local, hi, must_pass - base)
-        end = _trimmed(text, local, cut)
+        cut = hi if hi == len(text) else best_break(text, local, hi, must_pass - base)
+        end = trimmed(text, local, cut)
         return Span(start, end + base, self.count_length(end - local))
 
 
@@ -430,8 +420,8 @@ class _Fitting:
         hi, tokens = _fit(text, local, max_tokens, counter, self.cpt, stop)
         self.cpt = (hi - local) / max(tokens, 1)
         while True:
-            cut = hi if hi == len(text) else _best_break(text, local, hi, must)
-            end = _trimmed(text, local, cut)
+            cut = hi if hi == len(text) else best_break(text, local, hi, must)
+            end = trimmed(text, local, cut)
             if end != hi:
                 tokens = counter.count(text[local:end])
             if tokens <= max_tokens:
@@ -479,8 +469,8 @@ class _ByWords:
             return None
         limit, local = ends[fit] - base, start - base
         ends_text = self.at_end and fit == len(ends) - 1
-        cut = limit if ends_text else _best_break(text, local, limit, must_pass - base)
-        end = _trimmed(text, local, cut)
+        cut = limit if ends_text else best_break(text, local, limit, must_pass - base)
+        end = trimmed(text, local, cut)
         whole = bisect.bisect_right(ends, end + base, i) - 1  # words wholly in the span
         head, tokens = (ends[whole] - base, sums[whole] - zero) if whole > i else (local, 0)
         if head < end:
@@ -558,76 +548,6 @@ def _shrink(
         hi = start + max(1, min(length - 1, length * max_tokens // tokens))
         tokens = counter.count(text[start:hi])
     return hi, tokens
-
-
-def _best_break(text: str, start: int, hi: int, must_pass: int) -> int:
-    """Where to end the span in ``text[start:hi]``, before trailing whitespace is trimmed
-    (any place in the chosen blank run: the span ends where the run starts).
-
-    Looks in the window's second half (and past ``must_pass``) for the most preferred kind
-    of break; ``text[hi]`` counts too, so a window ending just before a space ends there.
-    """
-    stop = min(len(text), hi + 1)
-    lo = max(start + (hi - start) // 2, must_pass + 1)
-    cut = _last_paragraph(text, lo, stop)
-    if cut <= start:
-        cut = text.rfind("\n", lo, stop)
-    if cut <= start:
-        cut = _last_sentence_end(text, lo, stop)
-    if cut <= start:
-        cut = _last_space(text, lo, stop)
-    if cut <= start:
-        cut = _last_space(text, max(start, must_pass) + 1, lo)  # a short span beats a cut word
-    return cut if cut > start else hi
-
-
-def _last_paragraph(text: str, lo: int, stop: int) -> int:
-    """A place in the last blank run of ``text[lo:stop]`` that holds a match of
-    ``_PARAGRAPH.finditer(text, lo, stop)`` not ending a heading (-1 if none does).
-
-    Searched from the end, one blank run at a time: a match is all whitespace, so the
-    matches in a run are those ``finditer`` finds from the run's start, and only the
-    first of them can end a heading's line.
-    """
-    before = stop
-    while (hit := _LAST_PARAGRAPH.match(text, lo, min(stop, before + 1))) is not None:
-        found = _LAST_NON_SPACE.match(text, lo, hit.end() - 1)
-        run = found.end() if found else lo  # where the blank run holding the match starts
-        if not _ends_a_heading(text, run):
-            return hit.end() - 1
-        # no match in the run goes past this one, nor looks further on than "######\t"
-        matches = _PARAGRAPH.finditer(text, run, min(stop, before + 1, hit.end() + 7))
-        if sum(1 for _ in matches) > 1:  # a heading stays with its section
-            return hit.end() - 1
-        before = run
-    return -1
-
-
-def _trimmed(text: str, start: int, cut: int) -> int:
-    """Where ``text[start:cut]`` ends once its trailing whitespace is cut off."""
-    found = _LAST_NON_SPACE.match(text, start, cut)
-    return found.end() if found else start
-
-
-def _ends_a_heading(text: str, at: int) -> bool:
-    """Whether the line that ends at ``at`` is a markdown heading ("## Risks")."""
-    line = text.rfind("\n", max(0, at - _HEADING_MAX_CHARS), at) + 1
-    if line == 0 and at > _HEADING_MAX_CHARS:
-        return False  # no line start close enough: too long for a heading
-    return _HEADING.match(text, line) is not None
-
-
-def _last_sentence_end(text: str, lo: int, stop: int) -> int:
-    """The end of the last ``_SENTENCE_END`` in ``text[lo:stop]`` (a match ends at the
-    first whitespace after its start, so the last start gives the last end)."""
-    found = _LAST_SENTENCE_END.match(text, lo, stop)
-    return found.end() if found else -1
-
-
-def _last_space(text: str, lo: int, stop: int) -> int:
-    """The last whitespace in ``text[lo:stop]``, or -1."""
-    found = _LAST_SPACE.match(text, lo, stop)
-    return found.end() - 1 if found else -1
 
 
 def _overlap_start(buf: _Buffer, span: Span, overlap_tokens: int) -> int | None:

@@ -11,15 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.chunking import (
-    CharEstimate,
-    Span,
-    _best_break,
-    _ends_a_heading,
-    _trimmed,
-    chunk_document,
-    split_spans,
-)
+from pipeline.breaks import best_break, ends_a_heading, trimmed
+from pipeline.chunking import CharEstimate, Span, chunk_document, split_spans
 from pipeline.models import Document, stable_id
 
 CHARS = CharEstimate()
@@ -375,7 +368,7 @@ def _forward_break(text: str, start: int, hi: int, must_pass: int) -> int:
     paragraphs = [
         m.start()
         for m in re.compile(r"\n[^\S\n]*\n|\n(?=#{1,6}[ \t])").finditer(text, lo, stop)
-        if not _ends_a_heading(text, m.start())
+        if not ends_a_heading(text, m.start())
     ]
     for cut in (
         max(paragraphs, default=-1),
@@ -405,7 +398,7 @@ def test_the_break_search_from_the_end_finds_what_a_forward_scan_finds(text, dat
     start = data.draw(st.sampled_from(starts))
     hi = data.draw(st.integers(start + 1, len(text)))
     must_pass = data.draw(st.integers(0, hi))
-    assert _trimmed(text, start, _best_break(text, start, hi, must_pass)) == _trimmed(
+    assert trimmed(text, start, best_break(text, start, hi, must_pass)) == trimmed(
         text, start, _forward_break(text, start, hi, must_pass)
     )
 
