@@ -244,14 +244,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--force only applies with --resume RUN_ID")
     store = Store(cfg.output.root)  # an unusable object-store root stops here, before any call
     if args.resume:
-        from pipeline.family import Versions, check_resume
-        from schemas import get_schema
+        from pipeline.family import resumable
 
-        require_run(store, args.resume)
-        record = store.latest_run(args.resume)
-        assert record is not None
-        versions = Versions.of(cfg, get_schema(cfg.task.schema_name))
-        check_resume(record, versions, force=args.force)  # before Prefect starts
+        resumable(store, cfg, args.resume, force=args.force)  # refused here, before Prefect
     run_id = args.resume or args.run_id or new_run_id()
     verb = "resume" if args.resume else "run"
     print(f"docroute {verb} {run_id} · config {path}", flush=True)
@@ -271,19 +266,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     from flows.nightly import rerun_failed
-    from pipeline.family import Selection, Versions, check_rerun
-    from schemas import get_schema
+    from pipeline.family import rerun_selection
 
     path = _config_path(args.config)
     overrides = _overrides(args.set)
     cfg = load_config(path, overrides=overrides)  # bad overrides stop here, before Prefect
-    store = Store(cfg.output.root)
-    require_run(store, args.run_id)
-    parent = store.latest_run(args.run_id)
-    assert parent is not None
-    selection = Selection(args.run_id, tuple(args.status or ("failed", "skipped")))
-    versions = Versions.of(cfg, get_schema(cfg.task.schema_name))
-    check_rerun(store, parent, versions, selection, force=args.force)
+    rerun_selection(  # a refused rerun stops here too
+        Store(cfg.output.root),
+        cfg,
+        args.run_id,
+        statuses=args.status,
+        reasons=args.reason,
+        providers=args.provider,
+        force=args.force,
+    )
     run_id = new_run_id()
     print(f"docroute rerun {run_id} · parent {args.run_id} · config {path}", flush=True)
     summary = asyncio.run(

@@ -27,11 +27,10 @@ from prefect.utilities.annotations import quote
 
 from pipeline.config import Config, load_config
 from pipeline.errors import StageError
-from pipeline.family import Selection, Versions, check_rerun
+from pipeline.family import Selection, rerun_selection
 from pipeline.run import Batch, Run, drive, new_run_id, require_run
 from pipeline.secrets import install_log_scrubber
 from pipeline.store import Store
-from schemas import get_schema
 
 #: Seconds between progress lines while a batch is in flight.
 PROGRESS_EVERY_S = 5.0
@@ -143,22 +142,23 @@ async def rerun_failed(
     install_log_scrubber()
     cfg = load_config(config_path, overrides={**(overrides or {}), **_budget(budget_usd)})
     store = Store(cfg.output.root)
-    require_run(store, parent_run_id)  # before any record of the child
-    selection = Selection(
-        parent_run_id=parent_run_id,
-        statuses=tuple(statuses or ("failed", "skipped")),
-        reasons=tuple(reasons or ()),
-        providers=tuple(providers or ()),
-    )
     run_id, resume = _attempt_of(cfg, run_id, False)
-    if not resume:
-        parent = store.latest_run(parent_run_id)
-        assert parent is not None
-        check_rerun(
+    if resume:  # a Prefect retry: attempt one checked it (Run.open reads what it recorded)
+        require_run(store, parent_run_id)
+        selection = Selection(
+            parent_run_id,
+            tuple(statuses or ("failed", "skipped")),
+            tuple(reasons or ()),
+            tuple(providers or ()),
+        )
+    else:  # checked before any record of the child exists
+        selection = rerun_selection(
             store,
-            parent,
-            Versions.of(cfg, get_schema(cfg.task.schema_name)),
-            selection,
+            cfg,
+            parent_run_id,
+            statuses=statuses,
+            reasons=reasons,
+            providers=providers,
             force=force,
         )
     return await _rerun(cfg, selection, run_id, simulate, resume, force)

@@ -355,9 +355,7 @@ def opening(
             parent = store.latest_run(parent_run_id)
             family = (parent.family_id if parent else None) or parent_run_id
         return {"parent_run_id": parent_run_id, "family_id": family, "selection": selection}
-    if record is None:
-        raise ConfigError(f"run {run_id!r} not found under {store.root}; nothing to resume")
-    check_resume(record, Versions.of(cfg, get_schema(cfg.task.schema_name)), force=force)
+    record = resumable(store, cfg, run_id, force=force)
     log.info("resuming run %s (%s)", run_id, record.status)
     return {
         "parent_run_id": record.parent_run_id,
@@ -366,6 +364,43 @@ def opening(
         "prior": Prior.load(store, run_id),
         "started_at": record.started_at,
     }
+
+
+def resumable(store: Store, cfg: Config, run_id: str, *, force: bool) -> RunRecord:
+    """The record of ``run_id`` if ``cfg`` may resume it; else a ``ConfigError`` saying why."""
+    record = store.latest_run(run_id)
+    if record is None:
+        raise ConfigError(f"run {run_id!r} not found under {store.root}; nothing to resume")
+    check_resume(record, Versions.of(cfg, get_schema(cfg.task.schema_name)), force=force)
+    return record
+
+
+def rerun_selection(
+    store: Store,
+    cfg: Config,
+    parent_run_id: str,
+    *,
+    statuses: Sequence[str] | None = None,
+    reasons: Sequence[str] | None = None,
+    providers: Sequence[str] | None = None,
+    force: bool = False,
+) -> Selection:
+    """What a rerun of ``parent_run_id`` under ``cfg`` takes (default: failed and skipped
+    chunks); a ``ConfigError`` if the parent is unknown or the rerun would mix versions."""
+    parent = store.latest_run(parent_run_id)
+    if parent is None:
+        raise ConfigError(
+            f"run {parent_run_id!r} not found under {store.root} (see `docroute runs`)"
+        )
+    selection = Selection(
+        parent_run_id=parent_run_id,
+        statuses=tuple(statuses or ("failed", "skipped")),
+        reasons=tuple(reasons or ()),
+        providers=tuple(providers or ()),
+    )
+    versions = Versions.of(cfg, get_schema(cfg.task.schema_name))
+    check_rerun(store, parent, versions, selection, force=force)
+    return selection
 
 
 def check_resume(record: RunRecord, versions: Versions, *, force: bool) -> None:
@@ -396,4 +431,6 @@ __all__ = [
     "check_rerun",
     "check_resume",
     "opening",
+    "rerun_selection",
+    "resumable",
 ]
