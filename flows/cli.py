@@ -238,6 +238,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(path)  # a bad file stops here, before Prefect starts
     if args.dry_run:
         return _plan(path, args.budget, "table")
+    if args.resume is not None and not args.resume.strip():
+        raise ConfigError("--resume needs the RUN_ID of an interrupted run (see `docroute runs`)")
     if args.resume and args.run_id and args.resume != args.run_id:
         raise ConfigError("--resume RUN_ID already names the run; leave out --run-id")
     if args.force and not args.resume:
@@ -432,6 +434,12 @@ def format_summary(s: dict[str, Any], config: Path) -> str:
     ]
     for name, v in s["spend_by_provider"].items():
         lines.append(f"    {name:<18} ${v['cost_usd']:.6f}  ({v['attempts']} attempts)")
+    if s.get("worst_case_attempts"):
+        kinds = ", ".join(f"{n} {o}" for o, n in s["worst_case_attempts"].items())
+        lines.append(
+            f"    of which ${s['spend_worst_case_usd']:.6f} booked at the reserved worst case "
+            f"({kinds}): the provider may have billed less"
+        )
     for i, (reason, n) in enumerate(s["not_succeeded_by_reason"].items()):
         lines.append(f"  {'not done' if i == 0 else '':<10} {n} × {reason}")
     lines += [
@@ -443,6 +451,7 @@ def format_summary(s: dict[str, Any], config: Path) -> str:
             else f" --root {s['output_root']}"
         ),
     ]
+    lines += [f"  advice     {a}" for a in s.get("advice", [])]
     if s["failed"] or s["skipped"]:
         lines.append(f"  rerun      docroute rerun {s['run_id']} --config {config}")
     return "\n".join(lines)

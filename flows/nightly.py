@@ -238,6 +238,14 @@ def summary_markdown(s: dict[str, Any]) -> str:
     ]
     for name, v in s["spend_by_provider"].items():
         lines.append(f"| {name} | {v['attempts']} | {v['cost_usd']:.6f} |")
+    if s.get("worst_case_attempts"):
+        kinds = ", ".join(f"{n} {o}" for o, n in s["worst_case_attempts"].items())
+        lines += [
+            "",
+            f"Booked at the reserved worst case: ${s['spend_worst_case_usd']:.6f} ({kinds}); "
+            "the provider may have billed less.",
+        ]
+    lines += [f"- {a}" for a in s.get("advice", [])]
     if s["not_succeeded_by_reason"]:
         lines += ["", "| not succeeded, by reason | chunks |", "|---|---:|"]
         lines += [f"| {r} | {n} |" for r, n in s["not_succeeded_by_reason"].items()]

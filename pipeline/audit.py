@@ -13,7 +13,13 @@ Checks, each over the Parquet parts (nothing is taken from the running code):
 - ``ledger_unique``: no attempt is recorded twice (``attempt_id``);
 - ``cost_matches_prices``: every attempt's cost equals its tokens × the prices the run
   recorded for that endpoint (the ``prices`` table), to a millionth of a cent; an attempt
-  left ``interrupted`` by a dead process costs its reserved worst case;
+  booked at its worst case (``worst_case_sql``) costs what was reserved for it;
+- ``worst_case``: how much of the spend is booked at the reserved worst case rather than
+  at reported usage: calls in flight when the process died or the run was stopped
+  (``interrupted``), calls whose outcome is unknown after the request left (``uncertain``:
+  timeouts, cut connections, unreadable answers) and adapter failures without an answer
+  (``internal_error``). The provider may have billed less; the ledger never counts less.
+  Always ``ok``: it is what a finance owner reconciles against the vendor's invoice;
 - ``parts_whole``: no part of the run is damaged (truncated files are moved to
   ``_quarantine/`` by the store and listed here).
 """
@@ -25,6 +31,17 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.store import Store
+
+
+def worst_case_sql(table: str = "") -> str:
+    """SQL true for ledger rows booked at their reserved worst case (``cost_usd =
+    reserved_usd``) rather than at reported usage; ``table`` qualifies the columns."""
+    t = f"{table}." if table else ""
+    return (
+        f"({t}outcome IN ('interrupted', 'uncertain') OR ({t}outcome = 'internal_error' "
+        f"AND {t}provider IS NOT NULL AND {t}input_tokens = 0 AND {t}output_tokens = 0))"
+    )
+
 
 #: Absolute tolerance when recomputing a cost (USD): float sums, not policy.
 COST_TOLERANCE_USD = 1e-8
@@ -83,6 +100,7 @@ def audit(store: Store, run_id: str) -> AuditReport:
         _one_result(store, run_id),
         _ledger_unique(store, run_id),
         _costs(store, run_id),
+        _worst_case(store, run_id),
     ]
     return AuditReport(run_id=run_id, status=record.status, checks=checks)
 
@@ -179,7 +197,8 @@ def _costs(store: Store, run_id: str) -> Check:
         store,
         "WITH recomputed AS ("
         " SELECT l.attempt_id, l.chunk_id, l.provider, l.model, l.cost_usd, min(abs(l.cost_usd - ("
-        "  CASE WHEN l.outcome = 'interrupted' THEN l.reserved_usd * 1e6 ELSE"
+        f"  CASE WHEN {worst_case_sql('l')} "
+        "THEN l.reserved_usd * 1e6 ELSE"
         "  greatest(l.input_tokens - l.cached_input_tokens - l.cache_write_tokens, 0)"
         "   * p.input_per_mtok"
         "  + l.cached_input_tokens * p.cached_input_per_mtok"
@@ -199,3 +218,29 @@ def _costs(store: Store, run_id: str) -> Check:
         f"{len(bad)} attempt(s) whose cost differs from tokens × the recorded prices",
         bad,
     )
+
+
+def worst_case_spend(store: Store, run_id: str) -> tuple[float, dict[str, int]]:
+    """The run's spend booked at reserved worst cases, and how many such rows per outcome."""
+    rows = store.read(
+        "SELECT outcome, count(*), coalesce(sum(cost_usd), 0) FROM ledger "
+        f"WHERE run_id = ? AND {worst_case_sql()} GROUP BY 1 ORDER BY 1",
+        [run_id],
+    ).rows
+    return float(sum(r[2] for r in rows)), {r[0]: int(r[1]) for r in rows}
+
+
+def _worst_case(store: Store, run_id: str) -> Check:
+    booked, counts = worst_case_spend(store, run_id)
+    if not counts:
+        return Check("worst_case", True, "every attempt is booked at its reported usage")
+    spent = store.read(
+        "SELECT coalesce(sum(cost_usd), 0) FROM ledger WHERE run_id = ?", [run_id]
+    ).rows[0][0]
+    share = 100 * booked / spent if spent else 0.0
+    kinds = ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
+    detail = (
+        f"${booked:.6f} of ${spent:.6f} ({share:.1f}%) booked at the reserved worst case "
+        f"({kinds}); the provider may have billed less"
+    )
+    return Check("worst_case", True, detail)

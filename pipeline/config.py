@@ -75,6 +75,10 @@ class CorpusConfig(_Model):
     """Files larger than this get an error row (``too_large``) instead of being read."""
     extract_workers: int = Field(default=2, ge=1, le=64)
     """Processes extracting CPU-heavy formats (PDF, docx) in parallel."""
+    extract_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
+    """Seconds a PDF or docx may take to extract; one still parsing then (a parser stuck
+    in a loop, a file crafted to be slow) gets an error row (``timeout``), its worker
+    process is killed and replaced, and the run goes on."""
     jsonl: JsonlConfig = Field(default_factory=JsonlConfig)
     """Which fields of ``.jsonl`` records hold the text and the id."""
     residency: list[ResidencyRule] = Field(default_factory=list)
@@ -187,6 +191,10 @@ class RoutingConfig(_Model):
     """Consecutive failed attempts after which an endpoint is cooled down."""
     cooldown_s: float = Field(default=30.0, ge=0)
     """How long a cooled-down endpoint gets no traffic (others in the chunk's regions do)."""
+    document_failures_max: int = Field(default=5, ge=0)
+    """After this many chunks of one document failed the same way (answers cut off, invalid,
+    too large, refused as a bad request), the rest of its chunks are skipped without a call
+    (reason ``document_breaker``), so one bad document cannot eat the budget. 0: never."""
 
     @model_validator(mode="after")
     def _cascade_needs_strategy(self) -> RoutingConfig:

@@ -11,6 +11,9 @@ before the call and settled with the reported usage after it. Then:
 
 - the answer validates        → ``succeeded`` (cascade: unless not confident enough, below)
 - invalid answer              → repair prompt (``repair_attempts`` times), then next candidate
+- answer cut off at the cap    → once more with twice the room where the model allows (else a
+                                "shorter" repair), then ``failed``: ``output_truncated``; never
+                                rerouted, since a dearer endpoint is cut off the same way
 - low confidence (cascade)    → next dearer tier; if none does better, the last valid
                                 answer is kept: ``succeeded`` with reason ``low_confidence``
 - transient (429, 5xx, …)     → backoff (``retry-after`` wins) and retry, then next candidate
@@ -19,9 +22,14 @@ before the call and settled with the reported usage after it. Then:
                                 ``failed``: ``budget_exhausted``; ``"downgrade"``: only
                                 cheaper candidates from then on (run-wide for the run cap)
 - no candidate fits the window → ``failed``: ``context_exceeded``, without any call
-- no allowed candidate        → ``failed``: ``no_route``, without any call
+- no allowed candidate        → ``failed``: ``no_route``, without any call (also when every
+                                candidate was disabled or went to rest after planning)
+- its document keeps failing  → ``skipped``: ``document_breaker``, without any call, once
+                                ``document_failures_max`` of its chunks failed the same way
 
-A chunk's failure is data, never an exception that ends the batch.
+Each call is an :class:`pipeline.attempt.Attempt`, which owns it from the budget claim to
+its one ledger row. A chunk's failure is data, never an exception that ends the batch; only
+a journal that refuses a write (``LedgerWriteError``) does, and cancels the batch's others.
 """
 
 from __future__ import annotations
@@ -31,32 +39,36 @@ import json
 import logging
 import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from typing import Literal
 
 from pipeline import errors
+from pipeline.attempt import Attempt, Booking, BudgetShortfall, ledger_row
 from pipeline.models import BatchOutcome, Chunk, LedgerEntry, Outcome, Result, Usage
 from pipeline.policy import (
     BudgetGuard,
     Cheapest,
+    DocumentBreaker,
     Endpoint,
     EndpointGate,
     Exclusion,
+    ExclusionReason,
     Router,
     Shortfall,
     Strategy,
     cost_bound,
+    fits,
     output_cap,
     reservation_usd,
 )
-from pipeline.providers import ChatRequest, Provider
+from pipeline.providers import ChatRequest, Provider, ProviderReply
+from pipeline.providers.bounds import input_token_bound
 from pipeline.secrets import scrub
 from pipeline.validation import (
     first_messages,
-    prompt_token_bound,
     prompt_token_estimate,
     repair_messages,
     validate_reply,
@@ -83,9 +95,13 @@ class DispatchSettings:
     """Order of the candidates, and whether an answer is good enough (``routing.strategy``)."""
     on_exhausted: Literal["stop", "downgrade"] = "stop"
     """What a reservation that no longer fits does (``budget.on_exhausted``)."""
+    document_failures_max: int = 5
+    """Chunks of one document failing the same way before the rest of it is skipped."""
 
 
-_NO_USAGE = Usage()
+#: Times a chunk waits for endpoints that went to rest after it was planned, before it
+#: fails ``no_route``.
+_REST_ROUNDS = 3
 
 
 class _Next(Enum):
@@ -111,6 +127,9 @@ class _Job:
     excluded: list[Exclusion] = field(default_factory=list)
     fallback: tuple[str, Endpoint, str] | None = None  # valid but not confident: kept
     shortfall: str | None = None  # why the budget refused the last candidate (downgrade)
+    unavailable: dict[str, ExclusionReason] = field(
+        default_factory=dict
+    )  # endpoint → why it took no call
 
 
 class Dispatcher:
@@ -137,6 +156,7 @@ class Dispatcher:
         self._rng = random.Random()
         self.strategy = settings.strategy
         self.gates: dict[str, EndpointGate] = dict(gates or {})
+        self.breaker = DocumentBreaker(settings.document_failures_max)
 
     def gate(self, provider: str) -> EndpointGate:
         """The quota and cooldown gate of ``provider`` (unlimited unless configured)."""
@@ -155,7 +175,10 @@ class Dispatcher:
     ) -> BatchOutcome:
         """Dispatch ``chunks`` with at most ``settings.concurrency`` calls in flight.
 
-        ``on_entry`` sees every ledger entry the moment its attempt completes (the journal).
+        ``on_entry`` sees every ledger entry the moment it exists (the journal), ``on_result``
+        every chunk's result. The chunks run in one task group: if one of them fails for a
+        reason that is not the chunk's (the journal refused a write), the others are
+        cancelled, each booking its call in flight, and that error is raised.
         """
         gate = asyncio.Semaphore(self.settings.concurrency)
         outcome = BatchOutcome()
@@ -168,7 +191,14 @@ class Dispatcher:
             if on_result is not None:
                 on_result(result)
 
-        await asyncio.gather(*(one(c) for c in chunks))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for chunk in chunks:
+                    group.create_task(one(chunk))
+        except BaseExceptionGroup as failed:
+            for other in failed.exceptions[1:]:
+                log.error("batch: another chunk failed too: %r", other)
+            raise failed.exceptions[0] from None
         return outcome
 
     async def process(
@@ -176,13 +206,21 @@ class Dispatcher:
     ) -> tuple[Result, list[LedgerEntry]]:
         """The one result of ``chunk`` and the ledger entries of its attempts."""
         job = _Job(chunk, on_entry)
+        tripped = self.breaker.tripped(chunk.doc_id)
+        if tripped is not None:
+            self._record_refusal(job, "document_breaker", tripped)
+            return self._result(job, "skipped", "document_breaker"), job.ledger
         try:
             await self._route(job)
+            result = self._finish(job)
+        except errors.LedgerWriteError:
+            raise  # infrastructure: the batch stops
         except Exception as exc:  # a bug must not take the batch down with it
             log.exception("chunk %s failed unexpectedly", chunk.chunk_id)
-            job.output, job.last_outcome, job.last_error = None, None, f"internal error: {exc!r}"
-            return self._result(job, "failed", "internal_error"), job.ledger
-        return self._finish(job), job.ledger
+            job.output, job.last_error = None, scrub(f"internal error: {exc!r}")
+            result = self._result(job, "failed", "internal_error")
+        self.breaker.observe(result)
+        return result, job.ledger
 
     async def _route(self, job: _Job) -> None:
         messages = first_messages(self.settings.instructions, job.chunk.text)
@@ -196,14 +234,34 @@ class Dispatcher:
         if not candidates:
             self._record_refusal(job, *plan.refusal(job.chunk))
             return
-        if all(self.gate(e.provider).cooling() for e in candidates):
-            # Every allowed endpoint rests: wait for the first to come back, never fail for it.
-            await self._sleep(min(self.gate(e.provider).cooling_for() for e in candidates))
-        else:
-            candidates = [e for e in candidates if not self.gate(e.provider).cooling()]
-        await self._walk(job, self._balance(candidates, estimate), messages, estimate)
+        for _ in range(_REST_ROUNDS):  # they may go to rest after planning: wait, then again
+            job.unavailable.clear()
+            await self._rest_if_all_cooling(candidates)
+            usable = [e for e in candidates if self._unavailable(e) is None] or candidates
+            await self._walk(job, self._balance(usable, estimate), messages, estimate)
+            if not job.unavailable or job.attempts or job.last_outcome is not None:
+                break
+            if all(self.router.is_disabled(e.provider) for e in candidates):
+                break
         if job.output is None and job.shortfall is not None:
             self._record_refusal(job, "budget_exhausted", job.shortfall)
+        elif job.attempts == 0 and job.last_outcome is None and job.unavailable:
+            gone = ", ".join(f"{k} ({why})" for k, why in job.unavailable.items())
+            self._record_refusal(job, "no_route", f"no allowed endpoint was available: {gone}")
+
+    async def _rest_if_all_cooling(self, candidates: list[Endpoint]) -> None:
+        """Every allowed endpoint rests: wait for the first to come back, never fail for it."""
+        live = [e for e in candidates if not self.router.is_disabled(e.provider)]
+        if live and all(self.gate(e.provider).cooling() for e in live):
+            await self._sleep(min(self.gate(e.provider).cooling_for() for e in live))
+
+    def _unavailable(self, endpoint: Endpoint) -> ExclusionReason | None:
+        """Why ``endpoint`` takes no call right now, or None."""
+        if self.router.is_disabled(endpoint.provider):
+            return "disabled"
+        if self.gate(endpoint.provider).cooling():
+            return "cooling_down"
+        return None
 
     async def _walk(
         self, job: _Job, candidates: list[Endpoint], messages: list[dict[str, str]], estimate: int
@@ -221,7 +279,7 @@ class Dispatcher:
                 continue
             if above is not None and self._rank(endpoint, estimate) <= self._rank(above, estimate):
                 continue
-            step = await self._use_endpoint(job, endpoint, messages)
+            step = await self._use_endpoint(job, endpoint, messages, estimate)
             if step is _Next.ESCALATE:
                 above = endpoint
             elif step is _Next.DOWNGRADE:
@@ -250,16 +308,35 @@ class Dispatcher:
         return sorted(candidates, key=key)
 
     async def _use_endpoint(
-        self, job: _Job, endpoint: Endpoint, messages: list[dict[str, str]]
+        self, job: _Job, endpoint: Endpoint, messages: list[dict[str, str]], estimate: int
     ) -> _Next:
         repairs = transient = 0
+        max_out = output_cap(endpoint, self.settings.max_output_tokens)
+        cut_retried = False
         while job.attempts < self.settings.max_attempts:
-            if self.router.is_disabled(endpoint.provider) or self.gate(endpoint.provider).cooling():
+            unavailable = self._unavailable(endpoint)
+            if unavailable is not None:
+                job.unavailable[endpoint.key] = unavailable
+                job.excluded.append(Exclusion(endpoint.key, unavailable))
                 return _Next.NEXT
             try:
-                output = await self._attempt(job, endpoint, messages)
-            except _BudgetExhausted as short:
-                return self._on_shortfall(job, endpoint, short.why, short.shortfall)
+                output = await self._attempt(job, endpoint, messages, max_out)
+            except BudgetShortfall as short:
+                why = short.shortfall.describe(short.amount_usd, endpoint.key)
+                return self._on_shortfall(job, endpoint, why, short.shortfall)
+            except errors.OutputTruncated as exc:
+                # Not the endpoint's fault: a dearer one with the same cap is cut off too.
+                roomier = _more_room(endpoint, estimate, max_out)
+                if cut_retried or (roomier is None and repairs >= self.settings.repair_attempts):
+                    job.last_error = self._truncation_advice(max_out)
+                    return _Next.STOP
+                cut_retried = True
+                if roomier is not None:
+                    max_out = roomier
+                else:  # the model allows no more: ask for a shorter answer instead
+                    repairs += 1
+                    messages = repair_messages(messages, exc)
+                continue
             except errors.InvalidOutput as exc:
                 if repairs >= self.settings.repair_attempts:
                     return _Next.NEXT
@@ -284,6 +361,14 @@ class Dispatcher:
             return _Next.DONE
         return _Next.NEXT
 
+    def _truncation_advice(self, max_out: int) -> str:
+        cap = self.settings.max_output_tokens
+        return (
+            f"the answer was cut off at {max_out} output tokens; raise task.max_output_tokens "
+            f"(now {cap}), or shorten the schema's answers, then `docroute rerun --reason "
+            "output_truncated`"
+        )
+
     def _on_shortfall(self, job: _Job, endpoint: Endpoint, why: str, short: Shortfall) -> _Next:
         """The budget cannot cover ``endpoint``: stop, or go on with cheaper candidates."""
         if self.settings.on_exhausted == "stop":
@@ -298,76 +383,59 @@ class Dispatcher:
         job.shortfall = why
         return _Next.DOWNGRADE
 
-    async def _attempt(self, job: _Job, endpoint: Endpoint, messages: list[dict[str, str]]) -> str:
+    async def _attempt(
+        self, job: _Job, endpoint: Endpoint, messages: list[dict[str, str]], max_out: int
+    ) -> str:
         """One admitted, reserved, ledgered call; returns the validated JSON or raises."""
-        max_out = output_cap(endpoint, self.settings.max_output_tokens)
+        request = ChatRequest(
+            model=endpoint.model,
+            messages=messages,
+            schema_name=self.schema.name,
+            json_schema=self._json_schema,
+            max_output_tokens=max_out,
+            temperature=self.settings.temperature,
+            structured_mode=endpoint.structured_mode,
+        )
         gate = self.gate(endpoint.provider)
+        number = job.attempts + 1
+        attempt = Attempt(
+            self.budget,
+            # Every billed input token: messages, schema or tools, the protocol's overhead.
+            reservation_usd(endpoint, input_token_bound(request, endpoint.kind), max_out),
+            document=job.chunk.doc_id,
+            price=endpoint.price.cost_usd,
+            row=partial(ledger_row, self.run_id, job.chunk.chunk_id, number, endpoint),
+            record=job.ledger.append,
+            journal=job.sink,
+        )
         # Quota first, money second: no reservation is held while queuing for quota.
         async with gate.slot(prompt_token_estimate(messages, job.chunk.token_estimate) + max_out):
-            return await self._call(job, endpoint, messages, max_out, gate)
+            try:
+                async with attempt:
+                    job.attempts, job.shortfall = number, None
+                    reply = await self._complete(endpoint, request, gate)
+                    attempt.answered(reply)
+                    return validate_reply(reply, self.schema)
+            finally:
+                if attempt.entry is not None:
+                    job.last_outcome, job.last_error = attempt.reason, attempt.entry.error
 
-    async def _call(
-        self,
-        job: _Job,
-        endpoint: Endpoint,
-        messages: list[dict[str, str]],
-        max_out: int,
-        gate: EndpointGate,
-    ) -> str:
-        reserve = reservation_usd(endpoint, prompt_token_bound(messages), max_out)
-        hold = await self.budget.claim(reserve, job.chunk.doc_id)
-        if isinstance(hold, Shortfall):
-            raise _BudgetExhausted(hold, hold.describe(reserve, endpoint.key))
-        job.attempts += 1
-        job.shortfall = None
-        started = time.time()
-        usage, cost = Usage(), 0.0
-        attempt_id = uuid.uuid4().hex
-        if job.sink is not None:  # journaled before the call: a kill now still leaves its trace
-            job.sink(self._in_flight(job, endpoint, started, reserve, attempt_id))
+    async def _complete(
+        self, endpoint: Endpoint, request: ChatRequest, gate: EndpointGate
+    ) -> ProviderReply:
+        """The provider's answer; what it says about its quota and health goes to the gate."""
         try:
-            reply = await self.providers[endpoint.provider].complete(
-                ChatRequest(
-                    model=endpoint.model,
-                    messages=messages,
-                    schema_name=self.schema.name,
-                    json_schema=self._json_schema,
-                    max_output_tokens=max_out,
-                    temperature=self.settings.temperature,
-                    structured_mode=endpoint.structured_mode,
-                )
-            )
-            gate.observe(reply.limits)
-            gate.record_success()
-            usage = reply.usage
-            cost = endpoint.price.cost_usd(usage)
-            output = validate_reply(reply, self.schema)
+            reply = await self.providers[endpoint.provider].complete(request)
         except errors.ProviderError as exc:
             gate.observe(exc.limits)
             if isinstance(exc, errors.RateLimited):
                 gate.pause(exc.retry_after or self.settings.backoff_initial_s)
             elif isinstance(exc, errors.TransientError):
                 gate.record_failure(exc.retry_after)
-            usage = exc.usage
-            cost = endpoint.price.cost_usd(usage)
-            self._ledger(job, endpoint, started, usage, cost, reserve, exc.outcome, exc, attempt_id)
             raise
-        finally:
-            self.budget.settle(hold, cost)
-        self._ledger(
-            job,
-            endpoint,
-            started,
-            usage,
-            cost,
-            reserve,
-            "ok",
-            None,
-            attempt_id,
-            reply.request_id,
-            reply.model_reported,
-        )
-        return output
+        gate.observe(reply.limits)
+        gate.record_success()
+        return reply
 
     def _backoff(self, retry: int, retry_after: float | None) -> float:
         s = self.settings
@@ -375,117 +443,17 @@ class Dispatcher:
         delay *= 0.5 + self._rng.random() / 2  # jitter: spread the retries of many chunks
         return max(delay, retry_after or 0.0)
 
-    def _ledger(
-        self,
-        job: _Job,
-        endpoint: Endpoint,
-        started: float,
-        usage: Usage,
-        cost: float,
-        reserved: float,
-        outcome: Outcome,
-        exc: errors.ProviderError | None,
-        attempt_id: str,
-        request_id: str | None = None,
-        model_reported: str | None = None,
-    ) -> None:
-        job.last_outcome = outcome
-        job.last_error = scrub(exc.message) if exc is not None else None
-        self._append(
-            job,
-            self._entry(
-                job,
-                endpoint,
-                started=started,
-                latency_ms=(time.time() - started) * 1000,
-                usage=usage,
-                cost=cost,
-                reserved=reserved,
-                outcome=outcome,
-                http_status=exc.http_status if exc is not None else 200,
-                error=job.last_error,
-                attempt_id=attempt_id,
-                request_id=request_id or (exc.request_id if exc is not None else None),
-                model_reported=model_reported,
-            ),
-        )
-
-    def _in_flight(
-        self, job: _Job, endpoint: Endpoint, started: float, reserved: float, attempt_id: str
-    ) -> LedgerEntry:
-        """The entry an attempt leaves if the process dies before it completes.
-
-        It costs the reserved worst case (the provider may have billed the call), so a
-        resumed run counts it against the cap; the completed entry, with the same
-        ``attempt_id`` and journaled after it, replaces it.
-        """
-        return self._entry(
-            job,
-            endpoint,
-            started=started,
-            cost=reserved,
-            reserved=reserved,
-            outcome="interrupted",
-            error="the process stopped while this call was in flight; its cost is the "
-            "reserved worst case, since the provider may have billed it",
-            attempt_id=attempt_id,
-        )
-
     def _record_refusal(self, job: _Job, outcome: Outcome, why: str) -> None:
         """A decision not to call (no route, no budget): a zero-cost ledger row says why."""
         job.last_outcome, job.last_error = outcome, why
-        entry = self._entry(
-            job, None, started=time.time(), outcome=outcome, error=why, attempt_id=uuid.uuid4().hex
-        )
-        self._append(job, entry)
-
-    def _entry(
-        self,
-        job: _Job,
-        endpoint: Endpoint | None,
-        *,
-        started: float,
-        outcome: Outcome,
-        error: str | None,
-        attempt_id: str,
-        latency_ms: float = 0.0,
-        usage: Usage = _NO_USAGE,
-        cost: float = 0.0,
-        reserved: float = 0.0,
-        http_status: int | None = None,
-        request_id: str | None = None,
-        model_reported: str | None = None,
-    ) -> LedgerEntry:
-        """One ledger row of ``job``; without ``endpoint``, a decision not to call (attempt 0)."""
-        return LedgerEntry(
-            run_id=self.run_id,
-            chunk_id=job.chunk.chunk_id,
-            attempt=job.attempts if endpoint is not None else 0,
-            provider=endpoint.provider if endpoint is not None else None,
-            model=endpoint.model if endpoint is not None else None,
-            region=endpoint.region if endpoint is not None else None,
-            mode="sync",
-            started_at=started,
-            latency_ms=latency_ms,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cached_input_tokens=usage.cached_input_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            cost_usd=cost,
-            reserved_usd=reserved,
-            outcome=outcome,
-            http_status=http_status,
-            error=error,
-            request_id=request_id,
-            model_reported=model_reported,
-            attempt_id=attempt_id,
-        )
-
-    @staticmethod
-    def _append(job: _Job, entry: LedgerEntry) -> None:
+        booking = Booking(outcome, Usage(), 0.0, None, why)
+        entry = ledger_row(self.run_id, job.chunk.chunk_id, 0, None, booking, started=time.time())
         job.ledger.append(entry)
         if job.sink is not None:
-            job.sink(entry)
+            try:
+                job.sink(entry)
+            except Exception as exc:
+                raise errors.LedgerWriteError(f"the journal refused a row: {exc!r}") from exc
 
     def _finish(self, job: _Job) -> Result:
         if job.output is not None:
@@ -522,18 +490,17 @@ class Dispatcher:
         )
 
 
+def _more_room(endpoint: Endpoint, prompt_tokens: int, max_out: int) -> int | None:
+    """A doubled output cap for a retry after a cut-off answer, if the model allows more."""
+    roomier = min(2 * max_out, endpoint.price.max_output_tokens)
+    if roomier <= max_out or not fits(endpoint, prompt_tokens, roomier):
+        return None
+    return roomier
+
+
 def _excluded_json(excluded: list[Exclusion]) -> str | None:
     """``Result.excluded``: each (endpoint, reason) once, in the order decided; None if none."""
     seen = dict.fromkeys((x.endpoint, x.reason) for x in excluded)
     if not seen:
         return None
     return json.dumps([{"endpoint": e, "reason": r} for e, r in seen])
-
-
-class _BudgetExhausted(Exception):
-    """Internal signal: the budget cannot cover the next call."""
-
-    def __init__(self, shortfall: Shortfall, why: str) -> None:
-        super().__init__(why)
-        self.shortfall = shortfall
-        self.why = why

@@ -4,6 +4,7 @@ router and the ledger read only these types and their fields.
     DocrouteError
     ├── ConfigError                 a bad docroute.yaml or command line (before any work)
     ├── StageError                  a stage failed for a whole batch (names stage and batch)
+    ├── LedgerWriteError            an attempt could not be journaled: the batch stops
     └── ProviderError               one attempt at one endpoint went wrong
         ├── TransientError          worth retrying the same endpoint after a backoff
         │   ├── RateLimited         429, with retry_after when the provider said
@@ -16,10 +17,14 @@ router and the ledger read only these types and their fields.
         │   ├── BadRequest          400 / 404 / 422
         │   └── ContextExceeded     the prompt does not fit the model's window
         └── InvalidOutput           a 200 answer that is unusable: repair once, then reroute
-                                    (kind: unparseable, truncated, schema_invalid, refusal)
+            │                       (kind: unparseable, schema_invalid, refusal, empty)
+            └── OutputTruncated     cut off at the output cap: more room once, never reroute
 
 Every ProviderError carries what the ledger records: ``provider``, ``model``,
 ``http_status``, ``retry_after`` and a message that has been scrubbed of secrets.
+``billing_unknown`` says the request may have reached the provider, and been billed,
+without an answer that says for how much (a timeout or a connection cut after sending, an
+unreadable 200): such an attempt is booked at its reserved worst case, never at $0.
 """
 
 from __future__ import annotations
@@ -40,6 +45,14 @@ class DocrouteError(Exception):
 
 class ConfigError(DocrouteError):
     """The configuration or a command-line value is wrong; the message says which and why."""
+
+
+class LedgerWriteError(DocrouteError):
+    """An attempt could not be written to the journal (a full disk, a closed journal).
+
+    Infrastructure, not data: without its journal line a kill could lose the call's cost,
+    so no further call is made and the batch fails (its siblings are cancelled).
+    """
 
 
 class StageError(DocrouteError):
@@ -67,9 +80,11 @@ class ProviderError(DocrouteError):
         usage: Usage | None = None,
         request_id: str | None = None,
         limits: RateLimitInfo | None = None,
+        billing_unknown: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.billing_unknown = billing_unknown
         self.provider = provider
         self.model = model
         self.http_status = http_status
@@ -137,3 +152,13 @@ class InvalidOutput(ProviderError):
         super().__init__(message, usage=usage, request_id=request_id, http_status=http_status)
         self.kind = kind
         self.raw = raw
+
+
+class OutputTruncated(InvalidOutput):
+    """The answer was cut off at the output-token cap (``finish_reason`` length).
+
+    Not the endpoint's fault: a dearer endpoint with the same cap would be cut off too.
+    The dispatcher retries once with more room where the model allows, then stops.
+    """
+
+    outcome: Outcome = "output_truncated"

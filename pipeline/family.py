@@ -64,15 +64,17 @@ class Versions:
     def of(cls, cfg: Config, schema: SchemaSpec) -> Versions:
         instructions = cfg.task.instructions or schema.instructions
         endpoints = sorted(f"{p.name}/{m.id}@{p.region}" for p in cfg.providers for m in p.models)
-        policy = json.dumps(
-            {
-                "strategy": cfg.routing.strategy,
-                "endpoints": endpoints,
-                "max_output_tokens": cfg.task.max_output_tokens,
-                "temperature": cfg.task.temperature,
-            },
-            sort_keys=True,
-        )
+        fields: dict[str, object] = {
+            "strategy": cfg.routing.strategy,
+            "endpoints": endpoints,
+            "max_output_tokens": cfg.task.max_output_tokens,
+            "temperature": cfg.task.temperature,
+        }
+        if cfg.routing.cascade is not None:
+            # What makes a cascade answer good enough changes which answer is kept. (Only
+            # when set, so the keys of every other config stay what they were.)
+            fields["cascade"] = cfg.routing.cascade.model_dump(mode="json")
+        policy = json.dumps(fields, sort_keys=True)
         return cls(
             schema_name=schema.name,
             schema_version=schema.version,

@@ -32,7 +32,13 @@ Outcome = Literal[
     "no_route",
     "internal_error",
     "interrupted",  # the process died with the call in flight: its reserved worst case
+    "uncertain",  # the request left but no answer said what it cost: its reserved worst case
+    "output_truncated",  # the answer was cut off at the output cap (billed as reported)
+    "document_breaker",  # not sent: too many chunks of its document failed the same way
 ]
+
+#: Ledger outcomes booked at the reserved worst case rather than at reported usage.
+WORST_CASE_OUTCOMES: tuple[Outcome, ...] = ("interrupted", "uncertain")
 
 
 def stable_id(*parts: str | int) -> str:

@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pipeline.audit import worst_case_spend
 from pipeline.chunking import TokenCounter
 from pipeline.config import Config
 from pipeline.corpus import read_corpus
@@ -38,7 +39,6 @@ from pipeline.errors import ConfigError
 from pipeline.family import Prior, ReuseIndex, Selection, Versions, opening
 from pipeline.models import BatchOutcome, Chunk, Result
 from pipeline.policy import (
-    MONTH_WINDOW_S,
     BudgetGuard,
     EndpointGate,
     Residency,
@@ -55,6 +55,7 @@ from pipeline.store import (
     RunStatus,
     Store,
 )
+from pipeline.store.allocations import Seat, admit, granted_usd, monthly_share
 from pipeline.store.journal import Journal, RunBusyError, RunLock, recover
 from pipeline.tokens import get_counter
 from schemas import get_schema
@@ -98,6 +99,11 @@ def require_run(store: Store, run_id: str) -> None:
     """Raise ConfigError unless ``run_id`` has a record under ``store``."""
     if store.latest_run(run_id) is None:
         raise ConfigError(f"run {run_id!r} not found under {store.root} (see `docroute runs`)")
+
+
+def interrupted_message(run_id: str) -> str:
+    """What an interrupted run's record says, with the command that continues it."""
+    return f"interrupted; continue it with `docroute run --resume {run_id}`"
 
 
 def new_run_id() -> str:
@@ -159,20 +165,18 @@ class Run:
     def _budget_guard(self) -> BudgetGuard:
         """The run's hard cap, less what this run id already spent (a resumed run).
 
-        With ``budget.monthly_usd`` the cap is at most what the other runs' ledger costs of
-        the last 30 days leave of it (0: every chunk is skipped, no call is made); with
+        With ``budget.monthly_usd`` the cap is the run's allocation: at most what the other
+        runs' ledger costs of the last 30 days and the allocations of live runs on the root
+        leave of it (0: every chunk is skipped, no call is made); with
         ``budget.document_usd`` each document's chunks have that cap too.
         """
         b = self.cfg.budget
         cap = b.run_usd
-        if b.monthly_usd is not None:
-            window_start = time.time() - MONTH_WINDOW_S
-            others = self.store.read(
-                "SELECT coalesce(sum(cost_usd), 0) FROM ledger "
-                "WHERE run_id <> ? AND started_at >= to_timestamp(?)",
-                [self.run_id, window_start],
-            ).rows[0][0]
-            cap = min(cap, max(b.monthly_usd - float(others), 0.0))
+        if b.monthly_usd is not None:  # the allocation ``Run.open`` took (``allocations``)
+            granted = granted_usd(self.store, self.run_id)
+            if granted is None:  # a Run built without ``open``: a share, not reserved
+                granted = monthly_share(self.store, self.run_id, b.run_usd, b.monthly_usd)
+            cap = min(cap, granted)
         return BudgetGuard(
             cap,
             spent_usd=self._spent_before(),
@@ -210,7 +214,11 @@ class Run:
         """Open run ``run_id`` (a new one, or with ``resume`` an interrupted one).
 
         The run's lock is taken first, then journals of dead processes are recovered, so
-        a resumed run sees every cost and result its earlier attempts made.
+        a resumed run sees every cost and result its earlier attempts made. Then the run
+        takes its seat among the root's live runs (``allocations.admit``): refused with a
+        ``RunConflictError`` while a run of the same config or family is alive (on an
+        object-store root, on any machine: its lease), and given its share of
+        ``budget.monthly_usd``.
         """
         endpoints_from_config(cfg)  # an unpriceable model fails here, before any work
         store = Store(cfg.output.root)
@@ -218,12 +226,14 @@ class Run:
             lock = RunLock.acquire(store.state_dir, run_id)
         except RunBusyError as exc:
             raise ConfigError(str(exc)) from None
+        seat: Seat | None = None
         try:
             store.migrate()  # an output root of an older docroute is brought up to date
             recover(store)  # costs and results journaled by a process that died come first
             setup = opening(
                 store, cfg, run_id, parent_run_id, selection, resume=resume, force=force
             )
+            seat = _admit(store, cfg, run_id, setup.get("family_id"))
             async with connect(cfg, simulate=simulate) as conn:
                 notice = conn.notice()
                 if notice:
@@ -233,6 +243,12 @@ class Run:
                 run._write_prices()
                 try:
                     yield run
+                except (KeyboardInterrupt, asyncio.CancelledError):
+                    # Stopped from outside (Ctrl-C, a cancelled flow run): nothing failed,
+                    # and the run goes on where it stopped.
+                    run._record("interrupted", message=interrupted_message(run_id))
+                    run.refresh_catalog()
+                    raise
                 except BaseException as exc:
                     run._record("failed", message=f"{type(exc).__name__}: {exc}")
                     run.refresh_catalog()
@@ -243,6 +259,8 @@ class Run:
                 run.compact()
                 run.refresh_catalog()
         finally:
+            if seat is not None:
+                seat.release()  # after the last record: its ledger spend counts from now
             lock.release()
 
     def compact(self) -> None:
@@ -442,6 +460,7 @@ class Run:
             [self.run_id],
         ).rows
         p = self.progress
+        worst_usd, worst = worst_case_spend(self.store, self.run_id)
         return {
             "run_id": self.run_id,
             "parent_run_id": self.parent_run_id,
@@ -453,6 +472,9 @@ class Run:
             "skipped": p.skipped,
             "not_succeeded_by_reason": {r: n for r, n in reasons},
             "spend_usd": self.budget.spent_usd,
+            "spend_worst_case_usd": worst_usd,
+            "worst_case_attempts": worst,
+            "advice": self._advice(dict(reasons)),
             "budget_usd": self.cfg.budget.run_usd,
             "spend_by_provider": {
                 name: {"attempts": n, "cost_usd": c} for name, n, c in per_provider
@@ -463,6 +485,28 @@ class Run:
             if self.store.remote
             else str(self.store.catalog_path),
         }
+
+    def _advice(self, reasons: dict[str, int]) -> list[str]:
+        """Which setting to change for the failures a setting can fix."""
+        out = []
+        cut = reasons.get("output_truncated", 0)
+        if cut:
+            cap = self.cfg.task.max_output_tokens
+            out.append(
+                f"{cut} chunk(s) had answers cut off at the output cap even with twice the "
+                f"room: raise task.max_output_tokens (now {cap}), then `docroute rerun "
+                f"{self.run_id} --reason output_truncated --set task.max_output_tokens="
+                f"{2 * cap}`"
+            )
+        stopped = reasons.get("document_breaker", 0)
+        if stopped:
+            out.append(
+                f"{stopped} chunk(s) were not sent because their document kept failing the "
+                'same way (routing.document_failures_max): see `docroute sql "SELECT path, '
+                f"reason, count(*) FROM results WHERE run_id = '{self.run_id}' AND status <> "
+                "'succeeded' GROUP BY ALL\"`"
+            )
+        return out
 
 
 def _dispatch_settings(cfg: Config, default_instructions: str) -> DispatchSettings:
@@ -481,6 +525,7 @@ def _dispatch_settings(cfg: Config, default_instructions: str) -> DispatchSettin
         cooldown_s=r.cooldown_s,
         strategy=strategy_from_config(r, get_schema(cfg.task.schema_name).model.model_fields),
         on_exhausted=cfg.budget.on_exhausted,
+        document_failures_max=r.document_failures_max,
     )
 
 
@@ -508,4 +553,16 @@ def _chunk_row(run_id: str, chunk: Chunk) -> dict[str, Any]:
     return row
 
 
-__all__ = ["Batch", "Run", "drive", "new_run_id", "require_run"]
+def _admit(store: Store, cfg: Config, run_id: str, family_id: str | None) -> Seat:
+    """The run's seat among the live runs of its root (see ``pipeline.store.allocations``)."""
+    return admit(
+        store,
+        run_id=run_id,
+        config_hash=cfg.fingerprint(),
+        family_id=family_id or run_id,
+        run_cap_usd=cfg.budget.run_usd,
+        monthly_usd=cfg.budget.monthly_usd,
+    )
+
+
+__all__ = ["Batch", "Run", "drive", "interrupted_message", "new_run_id", "require_run"]

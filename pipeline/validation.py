@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from pipeline.errors import InvalidKind, InvalidOutput
+from pipeline.errors import InvalidKind, InvalidOutput, OutputTruncated
 from pipeline.providers.base import ProviderReply
 from schemas import SchemaSpec
 
@@ -24,7 +24,8 @@ def validate_reply(reply: ProviderReply, spec: SchemaSpec) -> str:
     """The validated answer as compact JSON; ``InvalidOutput`` says why it is unusable."""
 
     def invalid(message: str, kind: InvalidKind) -> InvalidOutput:
-        return InvalidOutput(
+        cls = OutputTruncated if kind == "truncated" else InvalidOutput
+        return cls(
             message,
             kind=kind,
             raw=reply.text,

@@ -35,7 +35,7 @@ TEXT = (
     "in Hamburg. Brightwell will provide warehousing for EUR 48,000 per year."
 )
 LATENCY_S = (0.4, 0.5)
-CAP = 1.0
+CAP = 1.6  # a reservation (schema included) is ~$0.005: 300 of them fit
 BATCHES, PER_BATCH, CONCURRENCY = 2, 800, 150  # 300 calls may be in flight at once
 
 

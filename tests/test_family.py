@@ -258,3 +258,27 @@ def test_a_prefect_retry_of_the_flow_run_resumes_the_same_run(
         "SELECT sum(input_tokens), sum(output_tokens) FROM ledger WHERE run_id = ?", [rid]
     ).rows[0]
     assert tokens == sim_env.tokens_served()
+
+
+def test_the_idempotency_key_changes_with_what_makes_a_cascade_answer_good_enough(
+    tmp_path: Path,
+) -> None:
+    """A stricter cascade must not reuse answers the looser one kept as confident enough."""
+    from pipeline.config import load_config
+    from pipeline.family import Versions
+    from schemas import get_schema
+
+    def key(name: str, cascade: dict[str, Any] | None) -> str:
+        data = sample_config_data()
+        data["routing"]["strategy"] = "cascade"
+        if cascade is not None:
+            data["routing"]["cascade"] = cascade
+        (tmp_path / name).mkdir()
+        cfg = load_config(write_config(tmp_path / name, data))
+        return Versions.of(cfg, get_schema(cfg.task.schema_name)).key("the same text")
+
+    loose = key("a", {"confidence_field": "confidence", "min_confidence": 0.5})
+    strict = key("b", {"confidence_field": "confidence", "min_confidence": 0.9})
+    other_field = key("c", {"confidence_field": "certainty", "min_confidence": 0.5})
+    assert len({loose, strict, other_field, key("d", None)}) == 4
+    assert key("e", {"confidence_field": "confidence", "min_confidence": 0.5}) == loose

@@ -336,3 +336,50 @@ def test_every_format_flows_through_a_run_with_pages_and_jsonl_fields(
     ).rows[0]
     assert list(pages) == [1, 2, 3]
     assert summary["succeeded"] == summary["chunks"] == 4
+
+
+def test_worst_case_bookings_are_shown_in_the_summary_and_the_audit(
+    tmp_path: Path, sim_env: Any
+) -> None:
+    """Calls that time out after the request left are booked at their reserved worst case;
+    the summary and `docroute audit` say how much of the spend that is."""
+    from pipeline.audit import audit
+
+    data = sample_config_data()
+    data["routing"]["request_timeout_s"] = 1.0
+    for p in data["providers"]:
+        if p["name"] == "llama-eu":  # the cheapest EU endpoint: most EU chunks go there
+            p["simulator"] = {"rate_timeout": 0.3, "hang_s": 3}
+    summary = _run(write_config(tmp_path, data))
+    store = Store(tmp_path / "out")
+    run_id = summary["run_id"]
+    rows = store.read(
+        "SELECT count(*), sum(cost_usd), count(*) FILTER (cost_usd = reserved_usd AND "
+        "cost_usd > 0) FROM ledger WHERE run_id = ? AND outcome = 'uncertain'",
+        [run_id],
+    ).rows[0]
+    assert rows[0] >= 1 and rows[0] == rows[2], "every uncertain call at its worst case"
+    assert summary["spend_worst_case_usd"] == pytest.approx(rows[1])
+    assert summary["worst_case_attempts"]["uncertain"] == rows[0]
+    report = audit(store, run_id)
+    assert report.ok, report.text()
+    (check,) = [c for c in report.checks if c.name == "worst_case"]
+    assert f"{rows[0]} uncertain" in check.detail
+
+
+def test_cut_off_answers_tell_which_setting_to_raise(tmp_path: Path, sim_env: Any) -> None:
+    data = sample_config_data()
+    data["task"]["max_output_tokens"] = 40
+    summary = _run(write_config(tmp_path, data))
+    reasons = summary["not_succeeded_by_reason"]
+    assert reasons.get("output_truncated", 0) >= 1
+    advice = " ".join(summary["advice"])
+    assert "raise task.max_output_tokens (now 40)" in advice
+    store = Store(tmp_path / "out")
+    dearer = _one(
+        store,
+        "SELECT count(*) FROM ledger WHERE run_id = ? AND outcome = 'output_truncated' "
+        "GROUP BY chunk_id ORDER BY 1 DESC LIMIT 1",
+        summary["run_id"],
+    )
+    assert dearer <= 2, "a cut-off answer is retried once, never rerouted down the list"

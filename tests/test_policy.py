@@ -265,3 +265,43 @@ def test_a_resumed_run_counts_what_each_document_spent_before() -> None:
     assert guard.try_reserve(0.3, document="d1") is None  # 0.8 + 0.3 > 1.0
     assert guard.try_reserve(0.3, document="d2") is not None  # d2 starts from 0
     assert guard.try_reserve(0.2, document="d1") is not None
+
+
+def test_a_waiting_reservation_parks_without_polling_and_wakes_on_settle() -> None:
+    """Close to the cap a caller waits for calls in flight; it costs the loop nothing
+    (no timer ticks while parked) and is woken by ``settle`` even from another thread."""
+    import threading
+
+    guard = BudgetGuard(cap_usd=1.0)
+
+    async def go() -> None:
+        first = await guard.reserve(0.8)
+        assert first is not None
+        waiting = asyncio.ensure_future(guard.reserve(0.5))  # fits only once first settles
+        await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        assert not waiting.done()
+        assert not loop._scheduled, "a parked reservation schedules no polling timer"  # type: ignore[attr-defined]
+        threading.Thread(target=guard.settle, args=(first, 0.1)).start()
+        second = await asyncio.wait_for(waiting, timeout=10)
+        assert second is not None and guard.reserved_usd == pytest.approx(0.5)
+
+    asyncio.run(go())
+
+
+def test_a_cancelled_waiter_leaves_no_trace() -> None:
+    guard = BudgetGuard(cap_usd=1.0)
+
+    async def go() -> None:
+        first = await guard.reserve(0.9)
+        assert first is not None
+        waiting = asyncio.ensure_future(guard.reserve(0.5))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert guard._waiters == []  # type: ignore[attr-defined]
+        guard.settle(first, 0.9)
+        assert await guard.reserve(0.2) is None, "0.9 spent: 0.2 can never fit"
+
+    asyncio.run(go())

@@ -130,9 +130,10 @@ FAULTS: dict[str, tuple[str, str]] = {
     "rate_limited": ("rate_limited", "retry"),
     "server_error": ("server_error", "retry"),
     "overloaded": ("overloaded", "retry"),
-    "timeout": ("timeout", "retry"),
-    "dropped": ("connection_error", "retry"),
-    "truncated": ("invalid_output", "repair"),
+    # No answer after the request left: booked "uncertain" at the reserved worst case.
+    "timeout": ("uncertain", "retry"),
+    "dropped": ("uncertain", "retry"),
+    "truncated": ("output_truncated", "more_room"),
     "invalid": ("invalid_output", "repair"),
     "refusal": ("invalid_output", "repair"),
     "auth": ("auth_error", "reroute"),
@@ -208,9 +209,14 @@ def check_fault(
         return
     assert second.provider == "primary" and result.provider == "primary"
     repaired = [r.is_repair for r in h.sim.requests("primary")]
-    if step == "repair":
-        assert repaired[-1] is True and h.delays == []
+    if step in ("repair", "more_room"):
+        # A cut-off answer is asked again with more room, not with a repair prompt.
+        assert repaired[-1] is (step == "repair") and h.delays == []
         assert first.cost_usd > 0, "an unusable answer is billed"
+    elif outcome == "uncertain":
+        assert repaired[-1] is False and len(h.delays) == 1
+        assert first.cost_usd == first.reserved_usd > 0, "it may have been billed"
+        assert (first.error or "").startswith("timeout" if fault == "timeout" else "connection")
     else:
         assert repaired[-1] is False and len(h.delays) == 1
         assert first.cost_usd == 0

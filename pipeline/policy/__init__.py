@@ -1,5 +1,6 @@
 """Policy: residency (where a chunk may go), budget (what a run may spend), routing (order)."""
 
+from pipeline.policy.breaker import DocumentBreaker
 from pipeline.policy.budget import MONTH_WINDOW_S, BudgetGuard, Hold, Shortfall
 from pipeline.policy.limits import EndpointGate
 from pipeline.policy.residency import Decision, Residency
@@ -8,12 +9,14 @@ from pipeline.policy.routing import (
     Cheapest,
     Endpoint,
     Exclusion,
+    ExclusionReason,
     Ordered,
     Plan,
     Router,
     Strategy,
     cost_bound,
     endpoints_from_config,
+    fits,
     output_cap,
     reservation_usd,
     strategy_from_config,
@@ -25,9 +28,11 @@ __all__ = [
     "Cascade",
     "Cheapest",
     "Decision",
+    "DocumentBreaker",
     "Endpoint",
     "EndpointGate",
     "Exclusion",
+    "ExclusionReason",
     "Hold",
     "Ordered",
     "Plan",
@@ -37,6 +42,7 @@ __all__ = [
     "Strategy",
     "cost_bound",
     "endpoints_from_config",
+    "fits",
     "output_cap",
     "reservation_usd",
     "strategy_from_config",

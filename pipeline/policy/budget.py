@@ -14,8 +14,11 @@ hold the missing room are still in flight, ``reserve`` waits for them to settle 
 usually cost far less than reserved) and only gives up when settling could not help.
 ``claim`` is ``reserve`` that says which cap refused (a ``Shortfall``).
 
-The guard is safe to share across threads and event loops (a lock guards the sums; a
-waiting caller polls, which only happens close to a cap).
+The guard is safe to share across threads and event loops: a lock guards the sums, and a
+caller that has to wait parks on a future of its own loop that the next ``settle`` wakes
+(through ``call_soon_threadsafe``), so waiting costs nothing until room may have appeared.
+A hold that is never settled would keep its waiters parked: every exit of an attempt
+settles its hold (``pipeline.attempt``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from typing import Literal
 
 log = logging.getLogger(__name__)
 
-_POLL_S = 0.01
 #: The rolling window of ``budget.monthly_usd``: 30 days.
 MONTH_WINDOW_S = 30 * 86_400.0
 
@@ -106,6 +108,8 @@ class BudgetGuard:
         self._documents: dict[str, _Account] = {}
         self._spent_before = dict(document_spent_usd or {})
         self._lock = threading.Lock()
+        #: Callers waiting for room, each woken on its own loop by the next ``settle``.
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     @property
     def spent_usd(self) -> float:
@@ -122,7 +126,8 @@ class BudgetGuard:
 
     def try_reserve(self, amount_usd: float, document: str | None = None) -> Hold | None:
         """Reserve now if it fits every cap that applies, without waiting."""
-        found = self._try(amount_usd, document)
+        with self._lock:
+            found = self._try(amount_usd, document)
         return found if isinstance(found, Hold) else None
 
     async def reserve(self, amount_usd: float, document: str | None = None) -> Hold | None:
@@ -132,11 +137,21 @@ class BudgetGuard:
 
     async def claim(self, amount_usd: float, document: str | None = None) -> Hold | Shortfall:
         """``reserve``, but a refusal says which cap could not cover the amount."""
+        loop = asyncio.get_running_loop()
         while True:
-            found = self._try(amount_usd, document)
-            if found is not None:
-                return found
-            await asyncio.sleep(_POLL_S)
+            with self._lock:
+                found = self._try(amount_usd, document)
+                if found is not None:
+                    return found
+                # Parked under the lock that ``settle`` takes: no wake-up can be missed.
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._waiters.append((loop, waiter))
+            try:
+                await waiter
+            finally:
+                if waiter.cancelled() or not waiter.done():  # cancelled while parked
+                    with self._lock:
+                        self._waiters = [(lo, w) for lo, w in self._waiters if w is not waiter]
 
     def settle(self, hold: Hold, actual_usd: float) -> None:
         """Replace a reservation by what the call actually cost."""
@@ -144,6 +159,9 @@ class BudgetGuard:
             self._run.settle(hold.amount_usd, actual_usd)
             if hold.document is not None:
                 self._documents[hold.document].settle(hold.amount_usd, actual_usd)
+            waiters, self._waiters = self._waiters, []
+        if waiters:
+            _wake_all(waiters)
         if actual_usd > hold.amount_usd + 1e-12:
             log.warning(
                 "a call cost %.6f USD, more than the %.6f USD reserved for it; the provider "
@@ -153,21 +171,21 @@ class BudgetGuard:
             )
 
     def _try(self, amount: float, document: str | None) -> Hold | Shortfall | None:
-        """A hold, a final refusal, or None: wait, calls in flight may free the room."""
-        with self._lock:
-            doc = self._account_of(document)
-            run_fits = self._run.fits(amount)
-            doc_fits = doc is None or doc.fits(amount)
-            if run_fits and doc_fits:
-                self._run.take(amount)
-                if doc is not None:
-                    doc.take(amount)
-                return Hold(amount, document if doc is not None else None)
-            if not run_fits and self._run.hopeless(amount):
-                return Shortfall("run", self._run.cap - self._run.spent - self._run.reserved)
-            if doc is not None and not doc_fits and doc.hopeless(amount):
-                return Shortfall("document", doc.cap - doc.spent - doc.reserved)
-            return None
+        """A hold, a final refusal, or None: wait, calls in flight may free the room.
+        The caller holds the lock."""
+        doc = self._account_of(document)
+        run_fits = self._run.fits(amount)
+        doc_fits = doc is None or doc.fits(amount)
+        if run_fits and doc_fits:
+            self._run.take(amount)
+            if doc is not None:
+                doc.take(amount)
+            return Hold(amount, document if doc is not None else None)
+        if not run_fits and self._run.hopeless(amount):
+            return Shortfall("run", self._run.cap - self._run.spent - self._run.reserved)
+        if doc is not None and not doc_fits and doc.hopeless(amount):
+            return Shortfall("document", doc.cap - doc.spent - doc.reserved)
+        return None
 
     def _account_of(self, document: str | None) -> _Account | None:
         if document is None or self.document_cap_usd is None:
@@ -178,3 +196,21 @@ class BudgetGuard:
                 self.document_cap_usd, self._spent_before.pop(document, 0.0)
             )
         return account
+
+
+def _wake_all(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    """Wake each waiter on its own loop; each then retries its reservation."""
+    try:
+        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    for loop, waiter in waiters:
+        if loop is here:
+            loop.call_soon(_wake, waiter)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(_wake, waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -117,7 +117,9 @@ def _pick(override: T | None, default: T) -> T:
     return default if override is None else override
 
 
-ExclusionReason = Literal["context_window", "no_structured_output", "disabled", "budget_downgrade"]
+ExclusionReason = Literal[
+    "context_window", "no_structured_output", "disabled", "cooling_down", "budget_downgrade"
+]
 
 
 @dataclass(frozen=True, slots=True)

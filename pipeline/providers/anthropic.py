@@ -164,9 +164,9 @@ def normalise_usage(usage: Any) -> Usage:
 
 def _translate(exc: anthropic.AnthropicError, fields: Fields) -> errors.ProviderError:
     if isinstance(exc, anthropic.APITimeoutError):  # before its base, APIConnectionError
-        return transport(timed_out(exc), _message(exc), fields)
+        return transport(timed_out(exc), _message(exc), fields, cause=exc)
     if isinstance(exc, anthropic.APIConnectionError):
-        return transport(False, _message(exc), fields)
+        return transport(False, _message(exc), fields, cause=exc)
     if isinstance(exc, anthropic.APIResponseValidationError):
         return protocol_violation(_message(exc), _with_response(fields, exc))
     if isinstance(exc, anthropic.APIStatusError):

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
+import httpx2
 
 from pipeline import errors
 from pipeline.providers.base import RateLimitInfo
@@ -39,7 +40,12 @@ class Fields:
     limits: RateLimitInfo | None = None
 
     def error(
-        self, kind: type[errors.ProviderError], message: str, retry_after: float | None = None
+        self,
+        kind: type[errors.ProviderError],
+        message: str,
+        retry_after: float | None = None,
+        *,
+        billing_unknown: bool = False,
     ) -> errors.ProviderError:
         """``kind(message)`` carrying these fields."""
         return kind(
@@ -50,6 +56,7 @@ class Fields:
             retry_after=retry_after,
             request_id=self.request_id,
             limits=self.limits,
+            billing_unknown=billing_unknown,
         )
 
 
@@ -86,14 +93,59 @@ def by_status(
     return fields.error(errors.BadRequest, message)
 
 
-def transport(timed_out: bool, message: str, fields: Fields) -> errors.ProviderError:
-    """No HTTP answer at all: the request timed out, or the connection failed or was cut."""
-    return fields.error(errors.Timeout if timed_out else errors.ConnectionDropped, message)
+def transport(
+    timed_out: bool, message: str, fields: Fields, *, cause: BaseException | None = None
+) -> errors.ProviderError:
+    """No HTTP answer at all: the request timed out, or the connection failed or was cut.
+
+    Unless ``cause`` shows the connection was never made (so no request left), the
+    provider may have received the request and billed it: ``billing_unknown``.
+    """
+    kind = errors.Timeout if timed_out else errors.ConnectionDropped
+    unknown = cause is None or not never_sent(cause)
+    return fields.error(kind, message, billing_unknown=unknown)
 
 
 def protocol_violation(message: str, fields: Fields) -> errors.ProviderError:
-    """A 200 whose body the SDK could not read as the protocol's response type."""
-    return fields.error(errors.ServerError, f"response did not match the protocol: {message}")
+    """A 200 whose body the SDK could not read as the protocol's response type (its usage
+    is unknown, though the provider billed it)."""
+    return fields.error(
+        errors.ServerError,
+        f"response did not match the protocol: {message}",
+        billing_unknown=True,
+    )
+
+
+#: Transport failures that happen before a request can leave: connecting failed (refused,
+#: unreachable, DNS), timed out connecting, or no pooled connection became free.
+_NOT_SENT_AIOHTTP: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+)
+_NOT_SENT_HTTPX: tuple[type[BaseException], ...] = (
+    httpx2.ConnectError,
+    httpx2.ConnectTimeout,
+    httpx2.PoolTimeout,
+    ConnectionRefusedError,
+)
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Whether ``exc``'s chain proves no byte of the request was sent.
+
+    The SDKs' aiohttp transport reports every aiohttp connection error as an httpx
+    ``ConnectTimeout`` (a server that hung up mid-request included), so an aiohttp error in
+    the chain is the one that decides.
+    """
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 32:  # chains are short; a cycle must not hang us
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    first_aiohttp = next((e for e in chain if isinstance(e, aiohttp.ClientConnectionError)), None)
+    if first_aiohttp is not None:
+        return isinstance(first_aiohttp, _NOT_SENT_AIOHTTP)
+    return any(isinstance(e, _NOT_SENT_HTTPX) for e in chain)
 
 
 def timed_out(exc: BaseException) -> bool:

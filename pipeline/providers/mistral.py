@@ -146,9 +146,9 @@ def _translate(
 ) -> docroute_errors.ProviderError:
     if isinstance(exc, httpx2.RequestError):
         message = scrub(str(exc)) or type(exc).__name__
-        return transport(isinstance(exc, httpx2.TimeoutException), message, fields)
+        return transport(isinstance(exc, httpx2.TimeoutException), message, fields, cause=exc)
     if isinstance(exc, errors.NoResponseError):
-        return transport(False, scrub(exc.message) or "no response", fields)
+        return transport(False, scrub(exc.message) or "no response", fields, cause=exc)
     headers = exc.headers
     fields = Fields(
         fields.provider,

@@ -121,9 +121,9 @@ class OpenAIProvider:
         said = _READERS[self.error_shape](exc)
         message = scrub(said.message) or type(exc).__name__
         if isinstance(exc, openai.APITimeoutError):  # before its base, APIConnectionError
-            return transport(timed_out(exc), message, fields)
+            return transport(timed_out(exc), message, fields, cause=exc)
         if isinstance(exc, openai.APIConnectionError):
-            return transport(False, message, fields)
+            return transport(False, message, fields, cause=exc)
         if isinstance(exc, openai.APIResponseValidationError):
             return protocol_violation(message, fields)
         return by_status(

@@ -137,9 +137,30 @@ def parse_messages_request(raw: bytes) -> ChatCall:
         schema=schema,
         json_mode=False,
         max_tokens=max_tokens,
-        prompt_tokens=tokens.prompt_tokens(counted),
+        prompt_tokens=tokens.prompt_tokens(counted) + structure_tokens(body),
         tool_name=tool_name,
     )
+
+
+def structure_tokens(body: dict[str, Any]) -> int:
+    """What tools (with the tool-use system prompt) and a response format add to the prompt.
+
+    >>> tools = [{"name": "t", "input_schema": {}}]
+    >>> structure_tokens({"tools": tools, "tool_choice": {"type": "any"}})  # 8 + 4 + 340
+    352
+    """
+    overhead = tokens.OVERHEADS["anthropic"]
+    total = 0
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if isinstance(tools, list) and tools:
+        forced = isinstance(choice, dict) and choice.get("type") in ("any", "tool")
+        total += tokens.json_tokens(tools) + (tokens.json_tokens(choice) if choice else 0)
+        total += overhead.tool_prompt if forced else overhead.tool_prompt_auto
+    config = body.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if isinstance(fmt, dict):
+        total += tokens.json_tokens(fmt) + overhead.format_prompt
+    return total
 
 
 def _max_tokens(value: Any) -> int:

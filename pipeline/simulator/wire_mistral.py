@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from . import tokens
 from .state import QuotaView
 from .wire import Answer, ChatCall, Problem, bearer_token, retry_after_value
 from .wire_openai import parse_chat_request
@@ -41,7 +42,7 @@ class MistralWire:
     base_path = ""
 
     def parse(self, raw: bytes) -> ChatCall:
-        return parse_chat_request(raw)
+        return parse_chat_request(raw, tokens.OVERHEADS["mistral"])
 
     def presented_key(self, headers: Mapping[str, str]) -> str:
         return bearer_token(headers)

@@ -114,8 +114,11 @@ class OpenAIWire:
 # -- requests ------------------------------------------------------------------------------
 
 
-def parse_chat_request(raw: bytes) -> ChatCall:
-    """Read and check a chat-completions body; raise ``BadRequest`` as the API would."""
+def parse_chat_request(raw: bytes, overhead: tokens.Overhead | None = None) -> ChatCall:
+    """Read and check a chat-completions body; raise ``BadRequest`` as the API would.
+
+    The prompt bills the messages, the response format and the tools with ``overhead``
+    (OpenAI's unless given; see ``tokens``)."""
     try:
         body = json.loads(raw)
     except ValueError:
@@ -135,8 +138,28 @@ def parse_chat_request(raw: bytes) -> ChatCall:
         schema=schema,
         json_mode=json_mode,
         max_tokens=_max_tokens(body),
-        prompt_tokens=tokens.prompt_tokens(messages),
+        prompt_tokens=tokens.prompt_tokens(messages)
+        + structure_tokens(body, overhead or tokens.OVERHEADS["openai"]),
     )
+
+
+def structure_tokens(body: dict[str, Any], overhead: tokens.Overhead) -> int:
+    """What a json_schema response format and tool definitions add to the prompt.
+
+    >>> fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": {}}}
+    >>> structure_tokens({"response_format": fmt}, tokens.OVERHEADS["openai"])  # 16 + 32
+    48
+    """
+    total = 0
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        total += tokens.json_tokens(fmt) + overhead.format_prompt
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools:
+        total += sum(tokens.json_tokens(tool) + overhead.per_tool for tool in tools)
+        if body.get("tool_choice") is not None:
+            total += tokens.json_tokens(body["tool_choice"])
+    return total
 
 
 def _messages(value: Any) -> list[dict[str, Any]]:
