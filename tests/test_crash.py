@@ -4,13 +4,17 @@ recovery), exactly once, and resuming finishes the run without paying twice."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -290,3 +294,124 @@ def test_a_call_in_flight_at_a_kill_is_ledgered_at_its_reserved_worst_case(
         "SELECT attempt_id, outcome, cost_usd, input_tokens FROM ledger ORDER BY attempt_id"
     ).rows
     assert rows == [("a0", "ok", 0.01, 10), ("a1", "interrupted", 0.02, 0), ("a2", "ok", 0.01, 10)]
+
+
+# -- recovery racing live writers (real files, real threads) ---------------------------------
+
+#: Iterations of each race: enough that, with threads switching every microsecond, the
+#: windows the journal closes (create → lock, list → open → lock) are hit many times.
+RACE_ROUNDS = 400
+
+
+@contextmanager
+def _fine_thread_switching() -> Iterator[None]:
+    """Threads switch every microsecond: a gap of a few bytecodes is hit, not skipped."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+def _race(writer: Callable[[], None], other: Callable[[threading.Event], None]) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=other, args=(stop,))
+    with _fine_thread_switching():
+        thread.start()
+        try:
+            writer()
+        finally:
+            stop.set()
+            thread.join(timeout=60)
+    assert not thread.is_alive()
+
+
+# Opens, writes and commits argv[2] journals of run r1 under argv[1], as fast as it can.
+JOURNAL_WRITER = """
+import sys
+from pathlib import Path
+from pipeline.store.journal import Journal
+for i in range(int(sys.argv[2])):
+    journal = Journal.open(Path(sys.argv[1]), "r1", f"r1/b{i:05d}")
+    journal._write({"i": i})
+    journal.commit()
+"""
+
+
+def test_no_visible_journal_is_ever_unlocked_while_its_writer_lives(tmp_path: Path) -> None:
+    """What ``recover`` does (list, open, try the lock), in this process, never wins a
+    journal of a writer in another process: the writer locks it before it has its name."""
+    folder = tmp_path / JOURNAL_DIR / "r1"
+    folder.mkdir(parents=True)
+    stolen: list[str] = []
+    writer = subprocess.Popen(
+        [sys.executable, "-c", JOURNAL_WRITER, str(tmp_path), str(RACE_ROUNDS * 10)], cwd=REPO
+    )
+    deadline = time.monotonic() + 120
+    while writer.poll() is None:
+        assert time.monotonic() < deadline, "the writer never finished"
+        for name in os.listdir(folder):  # as recover's glob, only faster: more tries
+            path = folder / name
+            if not name.endswith(".jsonl"):
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            finally:  # closing drops the lock if we took it
+                linked = _names(path, fd)
+                os.close(fd)
+            if linked:  # locked while still named: its writer had not locked it yet
+                stolen.append(name)
+    assert writer.returncode == 0
+    assert stolen == []
+    assert not list(folder.iterdir()), "no temporary name is left behind"
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def test_recovery_skips_journals_that_vanish_between_listing_and_opening(
+    tmp_path: Path,
+) -> None:
+    """Writers commit (remove) journals while ``recover`` runs over them: it never fails,
+    recovers nothing that was committed, and loses nothing that was not."""
+    store = Store(tmp_path)
+    failures: list[BaseException] = []
+    recovered: list[int] = []
+
+    def recovering(stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                recovered.append(recover(store))
+            except BaseException as exc:  # the test reports it
+                failures.append(exc)
+                return
+
+    def writing() -> None:
+        window: list[Journal] = []  # a few journals open at once, as batches in parallel
+        for i in range(RACE_ROUNDS):
+            journal = Journal.open(tmp_path, "r1", f"r1/b{i:05d}")
+            journal.append(_entry(i))
+            window.append(journal)
+            if len(window) > 8:
+                window.pop(0).commit()
+        window[-1].close()  # the last one is left uncommitted, as by a kill
+        for journal in window[:-1]:
+            journal.commit()
+
+    _race(writing, recovering)
+    assert failures == []
+    recover(store)  # whatever the racing recovery did not reach yet
+    rows = store.read("SELECT attempt_id FROM ledger WHERE run_id = 'r1'").rows
+    assert rows == [(f"a{RACE_ROUNDS - 1}",)]

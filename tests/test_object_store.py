@@ -314,3 +314,77 @@ def test_a_root_written_before_migrations_is_migrated_on_s3(s3: S3) -> None:
     assert f"{s3.bucket}/nightly/runs/_schema.parquet" in s3.objects()
     assert _one(store, "SELECT family_id FROM runs WHERE run_id = 'r9'") == "r9"
     assert Store(s3.uri).migrate() == []
+
+
+# -- two machines over one bucket: leases -----------------------------------------------------
+
+
+def test_a_live_run_on_machine_a_is_neither_marked_interrupted_nor_resumed_on_machine_b(
+    tmp_path: Path,
+    sim_env: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two machines: two local state folders over one ``file://`` root (the remote code path)."""
+    import json
+    import time
+
+    from tests.test_concurrent_runs import Holder, config_at, env_with
+
+    folder = tmp_path / "out"
+    uri = f"file://{folder}"
+    config = config_at(tmp_path / "cfg", uri, run_usd=1.0)
+    a = Holder(config, "r-a", env_with(DOCROUTE_STATE_DIR=str(tmp_path / "machine-a")))
+    try:
+        monkeypatch.setenv("DOCROUTE_STATE_DIR", str(tmp_path / "machine-b"))
+        sql = ["sql", "SELECT status FROM runs WHERE run_id = 'r-a'", "--root", uri]
+        assert main([*sql, "--format", "csv"]) == 0  # recovers on B first
+        assert capsys.readouterr().out.split() == ["status", "running"]
+        assert main(["run", "--config", str(config), "--resume", "r-a"]) == 2
+        err = capsys.readouterr().err
+        assert "another machine" in err and f"pid {a.proc.pid}" in err and "_leases" in err
+        assert main(["run", "--config", str(config)]) == 2  # the same config, any run id
+        assert "r-a" in capsys.readouterr().err
+
+        a.kill()  # machine A dies; its lease is no longer renewed, and a minute later:
+        lease = folder / "_leases" / "r-a.json"
+        data = json.loads(lease.read_text())
+        lease.write_text(json.dumps(data | {"expires_at": time.time() - 1}))
+        assert main([*sql, "--format", "csv"]) == 0
+        assert capsys.readouterr().out.split() == ["status", "interrupted"]
+        assert main(["run", "--config", str(config), "--resume", "r-a"]) == 0
+    finally:
+        if a.proc.poll() is None:
+            a.kill()
+    record = Store(uri).latest_run("r-a")
+    assert record is not None and record.status in ("succeeded", "completed_with_failures")
+    assert not list((folder / "_leases").glob("*.json"))  # released at the end
+
+
+def test_a_lease_is_renewed_by_its_heartbeat_and_refused_to_another_holder(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from pipeline.store.fs import RemoteRoot
+    from pipeline.store.lease import Lease, LeaseHeldError, read_lease
+
+    root = RemoteRoot.open(f"file://{tmp_path / 'bucket'}")
+    held = Lease.acquire(root, "r1", state=tmp_path / "a", ttl_s=1.0, heartbeat_s=0.05)
+    first = held.info.expires_at
+    deadline = time.monotonic() + 10
+    while read_lease(root, "r1").expires_at <= first:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the heartbeat never renewed the lease"
+        time.sleep(0.02)
+    with pytest.raises(LeaseHeldError, match="another machine"):
+        Lease.acquire(root, "r1", state=tmp_path / "b")
+    # The same machine (host and state folder) with nobody holding the run lock: the
+    # holder died, its lease is taken over at once.
+    held._stop.set()
+    held._thread.join(timeout=10)
+    again = Lease.acquire(root, "r1", state=tmp_path / "a", ttl_s=1.0, heartbeat_s=0.05)
+    assert read_lease(root, "r1").token == again.info.token  # type: ignore[union-attr]
+    held.release()  # no longer its lease: left alone
+    assert read_lease(root, "r1") is not None
+    again.release()
+    assert read_lease(root, "r1") is None

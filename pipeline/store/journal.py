@@ -18,8 +18,10 @@ The file is flushed to disk (``fsync``) at commit.
 skipping rows already in a part (a crash between writing the parts and removing the
 journal): ledger rows by ``attempt_id``, results by ``chunk_id``. A chunk whose result
 was journaled is therefore never asked for again when its run resumes. A live writer
-holds an exclusive ``flock`` on its journal, so recovery never touches a journal that is
-still being written.
+holds an exclusive ``flock`` on its journal, taken before the journal has its name (it is
+created under a hidden temporary name, locked, then linked as ``<batch>.jsonl``), so
+recovery never touches a journal that is still being written; a journal that vanishes
+between recovery's listing and its lock (committed meanwhile) is skipped.
 
 For an object-store root, ``<root>`` here is the local state folder
 (``Store.state_dir``): appends and locks need a local filesystem. A journal left by a
@@ -27,7 +29,9 @@ machine that died stays on that machine; a run on another machine cannot recover
 
 A run in progress also holds ``<root>/_journal/<run_id>/run.lock`` (:class:`RunLock`):
 ``recover`` marks a run whose record says ``running`` but whose lock nobody holds as
-``interrupted``, and ``docroute run --resume`` refuses a run that is still alive.
+``interrupted``, and ``docroute run --resume`` refuses a run that is still alive. On an
+object-store root a run on another machine is alive while its lease in the bucket is
+fresh (``lease``): it is not marked ``interrupted`` then.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -52,16 +57,17 @@ JOURNAL_DIR = "_journal"
 # Flat dataclasses: reading the fields is all ``asdict`` would do, without its deep copy.
 _LEDGER_FIELDS = tuple(f.name for f in dataclasses.fields(LedgerEntry))
 _RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(Result))
+#: Journal names tried per batch (``b00001.jsonl``, ``b00001.1.jsonl``, …) when a dead
+#: attempt's journal still holds the first: far more than any run resumes.
+_MAX_SUFFIX = 100
 
 
 class Journal:
     """An append-only, per-batch log of ledger entries (one writer, holding a lock)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._fd, self.path = _create_locked(path)
         self._closed = False
 
     @classmethod
@@ -78,6 +84,8 @@ class Journal:
         self._write({"result": {name: getattr(result, name) for name in _RESULT_FIELDS}})
 
     def _write(self, row: dict[str, object]) -> None:
+        if self._closed:  # a straggler after commit would write to a reused descriptor
+            raise JournalClosedError(f"journal {self.path} is closed; nothing more is written")
         line = json.dumps(row, separators=(",", ":")) + "\n"
         os.write(self._fd, line.encode())  # one write(2) on O_APPEND: never interleaved
 
@@ -103,6 +111,32 @@ class Journal:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _create_locked(path: Path) -> tuple[int, Path]:
+    """A new journal at ``path`` (or ``<stem>.<n>.jsonl`` if taken), locked before it is visible.
+
+    The file is made under a name ``recover`` does not glob, locked, then linked under its
+    final name: a recovery can never lock (and delete) a journal its writer has not locked
+    yet. ``link`` never replaces a file, so a journal a dead attempt left is not lost.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for n in range(_MAX_SUFFIX):
+            final = path if n == 0 else path.with_name(f"{path.stem}.{n}{path.suffix}")
+            try:
+                os.link(tmp, final)
+                return fd, final
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"no free journal name next to {path} (tried {_MAX_SUFFIX})")
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_entries(path: Path) -> list[LedgerEntry]:
@@ -140,17 +174,31 @@ def recover(store: Store) -> int:
     """
     recovered = 0
     for path in sorted((store.state_dir / JOURNAL_DIR).glob("*/*.jsonl")):
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # committed (or recovered by another process) since the listing
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a live writer: not ours to touch
-            recovered += _compact(store, path)
+            if _same_file(fd, path):  # not removed between our open and our lock
+                recovered += _compact(store, path)
         finally:
             os.close(fd)
     _mark_interrupted(store)
     return recovered
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (only a lock holder removes it)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _compact(store: Store, path: Path) -> int:
@@ -165,7 +213,7 @@ def _compact(store: Store, path: Path) -> int:
         fresh = {r.chunk_id: r for r in results if r.chunk_id not in done}
         store.write_rows("results", run_id, list(fresh.values()))
         results = list(fresh.values())
-    path.unlink()
+    path.unlink(missing_ok=True)
     if entries or results:
         log.warning(
             "recovered %d ledger entries and %d results of run %s from %s",
@@ -231,6 +279,10 @@ class RunLock:
             self._fd = None
 
 
+class JournalClosedError(RuntimeError):
+    """A write reached a journal after it was committed or closed (a bug, not data)."""
+
+
 class RunBusyError(Exception):
     """The run is held by another live process."""
 
@@ -242,7 +294,7 @@ def _mark_interrupted(store: Store) -> None:
     stale = store.read("SELECT * FROM runs WHERE status = 'running'").to_dicts()
     for row in stale:
         record = RunRecord.from_row(row)
-        if RunLock.held(store.state_dir, record.run_id):
+        if _alive(store, record.run_id):
             continue
         record.status = "interrupted"
         record.updated_at = 0.0
@@ -252,3 +304,16 @@ def _mark_interrupted(store: Store) -> None:
         )
         store.write_run(record)
         log.warning("run %s was interrupted; it can be resumed", record.run_id)
+
+
+def _alive(store: Store, run_id: str) -> bool:
+    """Whether a process runs ``run_id``: this machine's by its lock; on an object-store
+    root, any machine's by its fresh lease in the bucket (``lease``)."""
+    if RunLock.held(store.state_dir, run_id):
+        return True
+    if store.remote is None:
+        return False
+    from pipeline.store.lease import read_lease
+
+    lease = read_lease(store.remote, run_id)
+    return lease is not None and lease.alive(store.state_dir)
