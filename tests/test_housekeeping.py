@@ -242,7 +242,9 @@ def test_audit_passes_a_healthy_run(tmp_path: Path) -> None:
         "one_result_per_chunk",
         "ledger_unique",
         "cost_matches_prices",
+        "worst_case",
     ]
+    assert report.checks[-1].detail == "every attempt is booked at its reported usage"
 
 
 @pytest.mark.parametrize(
