@@ -158,3 +158,53 @@ def test_bad_budget_argument(capsys: pytest.CaptureFixture[str]) -> None:
         main(["run", "--budget", "ten"])
     assert info.value.code == 2
     assert "expected an amount in USD like 2.50, got 'ten'" in capsys.readouterr().err
+
+
+def test_a_killed_first_run_is_listed_as_interrupted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kill -9 of the very first run on a root leaves parts and a journal, no catalog."""
+    from pipeline.store.journal import Journal
+
+    store = Store(tmp_path / "out")
+    now = time.time()
+    store.write_run(
+        RunRecord(
+            run_id="r1",
+            parent_run_id=None,
+            flow="nightly_batch",
+            status="running",
+            started_at=now,
+            finished_at=None,
+            updated_at=now,
+            config_hash="x",
+            corpus="c",
+            schema_name="chunk_summary",
+            budget_usd=1.0,
+            spend_usd=0.0,
+            documents=0,
+            document_errors=0,
+            chunks=0,
+            succeeded=0,
+            failed=0,
+            skipped=0,
+            message=None,
+        )
+    )
+    journal = Journal.open(store.state_dir, "r1", "r1/b00001")
+    journal.append(_ledger("r1", "openai-eu", 0.25))
+    journal.close()  # the process died: nobody holds it
+    assert not store.catalog_path.exists()
+
+    assert main(["runs", "--root", str(store.root), "--format", "json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)
+    assert run["run_id"] == "r1" and run["status"] == "interrupted"
+    assert main(["sql", "SELECT sum(cost_usd) AS c FROM ledger", "--root", str(store.root)]) == 0
+    assert "0.25" in capsys.readouterr().out
+
+
+def test_an_empty_resume_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, sample_config_data())
+    assert main(["run", "--config", str(config), "--resume", ""]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists(), "no run was started"

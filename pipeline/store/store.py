@@ -86,10 +86,16 @@ class Store:
         return self.remote.state_dir if self.remote else self._path
 
     def has_data(self) -> bool:
-        """Whether docroute has written here (a local root's catalog, a remote root's state)."""
+        """Whether docroute has written here (a local root's catalog, a remote root's state).
+
+        A first run killed before it refreshed the catalog has left its parts and journal
+        but no ``catalog.duckdb``: that is data too (reading it recovers the run).
+        """
         if self.remote:
             return self.remote.exists(migrations.STATE_FILE)
-        return self.catalog_path.exists()
+        if self.catalog_path.exists():
+            return True
+        return any((self._path / name).is_dir() for name in (*TABLES, "_journal"))
 
     def has_tables(self, tables: Sequence[str]) -> bool:
         """Whether each of ``tables`` has a folder (reading before any write creates nothing)."""
