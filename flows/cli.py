@@ -250,6 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         resumable(store, cfg, args.resume, force=args.force)  # refused here, before Prefect
     run_id = args.resume or args.run_id or new_run_id()
+    _check_startable(cfg, store, run_id)
     verb = "resume" if args.resume else "run"
     print(f"docroute {verb} {run_id} · config {path}", flush=True)
     summary = asyncio.run(
@@ -264,6 +265,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(format_summary(summary, path))
     return 0
+
+
+def _check_startable(cfg: Any, store: Store, run_id: str) -> None:
+    """What a run would find out only after Prefect started, said before it does."""
+    from pipeline.store.journal import RunLock
+
+    corpus = cfg.corpus.path
+    if not corpus.is_dir():
+        what = "is not a folder" if corpus.exists() else "does not exist"
+        raise ConfigError(f"corpus.path: {corpus} {what} (expected the folder of documents)")
+    if RunLock.held(store.state_dir, run_id):
+        raise ConfigError(
+            f"run {run_id} is still running in another process; wait for it to end, then "
+            f"`docroute run --resume {run_id}` if it did not finish"
+        )
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:

@@ -208,3 +208,31 @@ def test_an_empty_resume_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["run", "--config", str(config), "--resume", ""]) == 2
     assert "--resume" in capsys.readouterr().err
     assert not (tmp_path / "out").exists(), "no run was started"
+
+
+def test_a_missing_corpus_is_one_line_and_exit_2_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, sample_config_data(), corpus=tmp_path / "nowhere")
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "corpus.path" in err and "nowhere" in err and "does not exist" in err
+    assert not (tmp_path / "out").exists(), "nothing started, nothing written"
+
+
+def test_a_run_held_by_a_live_process_is_refused_before_prefect_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.store.journal import RunLock
+
+    config = write_config(tmp_path, sample_config_data())
+    store = Store(tmp_path / "out")
+    lock = RunLock.acquire(store.state_dir, "busy-1")  # another live process, as far as
+    try:  # flock goes: each open file description is its own holder
+        assert main(["run", "--config", str(config), "--run-id", "busy-1"]) == 2
+    finally:
+        lock.release()
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "busy-1 is still running" in err
