@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,33 @@ def _ledger(run_id: str, provider: str, cost: float) -> LedgerEntry:
     )
 
 
+def _record(status: str, **counts: Any) -> RunRecord:
+    """Run ``r1``'s record with ``status``; ``counts`` override the zero counts."""
+    now = time.time()
+    fields: dict[str, Any] = dict(
+        run_id="r1",
+        parent_run_id=None,
+        flow="nightly_batch",
+        status=status,
+        started_at=now,
+        finished_at=None,
+        updated_at=now,
+        config_hash="x",
+        corpus="c",
+        schema_name="chunk_summary",
+        budget_usd=1.0,
+        spend_usd=0.0,
+        documents=0,
+        document_errors=0,
+        chunks=0,
+        succeeded=0,
+        failed=0,
+        skipped=0,
+        message=None,
+    )
+    return RunRecord(**(fields | counts))
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     store = Store(tmp_path / "out")
@@ -45,26 +73,14 @@ def root(tmp_path: Path) -> Path:
     )
     now = time.time()
     store.write_run(
-        RunRecord(
-            run_id="r1",
-            parent_run_id=None,
-            flow="nightly_batch",
-            status="completed_with_failures",
-            started_at=now,
+        _record(
+            "completed_with_failures",
             finished_at=now,
-            updated_at=now,
-            config_hash="x",
-            corpus="c",
-            schema_name="chunk_summary",
-            budget_usd=1.0,
             spend_usd=0.75,
             documents=3,
-            document_errors=0,
             chunks=5,
             succeeded=4,
             failed=1,
-            skipped=0,
-            message=None,
         )
     )
     store.refresh_catalog()
@@ -167,30 +183,7 @@ def test_a_killed_first_run_is_listed_as_interrupted(
     from pipeline.store.journal import Journal
 
     store = Store(tmp_path / "out")
-    now = time.time()
-    store.write_run(
-        RunRecord(
-            run_id="r1",
-            parent_run_id=None,
-            flow="nightly_batch",
-            status="running",
-            started_at=now,
-            finished_at=None,
-            updated_at=now,
-            config_hash="x",
-            corpus="c",
-            schema_name="chunk_summary",
-            budget_usd=1.0,
-            spend_usd=0.0,
-            documents=0,
-            document_errors=0,
-            chunks=0,
-            succeeded=0,
-            failed=0,
-            skipped=0,
-            message=None,
-        )
-    )
+    store.write_run(_record("running"))
     journal = Journal.open(store.state_dir, "r1", "r1/b00001")
     journal.append(_ledger("r1", "openai-eu", 0.25))
     journal.close()  # the process died: nobody holds it
