@@ -6,9 +6,12 @@
 No endpoint is connected and nothing is written, so ``docroute plan`` reads a corpus the
 same way ``Run.corpus_chunks`` does, chunk for chunk. Documents come in discovery order;
 plain-text files over ``pipeline.ingest.stream.STREAM_ABOVE_BYTES`` come last, streamed
-in blocks (their row after their chunks). Each document's residency is decided from its
-metadata, the manifest, the path rules and the default (``pipeline.policy.residency``),
-and every chunk carries the decision (``regions``, ``residency_rule``).
+in blocks (their row after their chunks; one that fails or changes mid-read gets an
+error row, see ``_Reader._streamed``). A PDF or docx whose parsing runs past
+``corpus.extract_timeout_s`` gets an error row (``timeout``) and the run goes on. Each
+document's residency is decided from its metadata, the manifest, the path rules and the
+default (``pipeline.policy.residency``), and every chunk carries the decision
+(``regions``, ``residency_rule``).
 """
 
 from __future__ import annotations
@@ -72,7 +75,11 @@ class _Reader:
                     yield doc
 
         for doc, extracted in extract_many(
-            whole(), max_bytes=max_bytes, workers=c.extract_workers, options=extract_options(c)
+            whole(),
+            max_bytes=max_bytes,
+            workers=c.extract_workers,
+            options=extract_options(c),
+            timeout_s=c.extract_timeout_s,
         ):
             if isinstance(extracted, DocumentError):
                 yield self._row(doc, "error", reason=extracted.reason, message=extracted.message)
@@ -99,7 +106,16 @@ class _Reader:
             yield from self._streamed(doc, max_bytes)
 
     def _streamed(self, doc: Document, max_bytes: int) -> Iterator[Chunk | DocumentRow]:
-        """A large plain-text document's chunks, read in blocks; then its row."""
+        """A large plain-text document's chunks, read in blocks; then its row.
+
+        When the file fails or changes while it is read (an ``OSError``, truncated, grown,
+        rewritten: ``pipeline.ingest.stream``), no more of it is read or chunked and its
+        row is an error (``unreadable``). Chunks already yielded were cut from the file
+        as it was and are already on their way (a run may have sent and billed them), so
+        they stand, each with its own result; the row counts them in ``chunks`` and its
+        message says how far they reach. The chunk the reader was still filling is
+        dropped, never passed on as if the document ended there.
+        """
         try:
             stream = open_text_stream(doc, max_bytes=max_bytes)
             meta = read_front_matter(
@@ -111,18 +127,23 @@ class _Reader:
             yield self._row(doc, "error", reason=reason, message=message)
             return
         decision = self._decide(doc, () if meta is None else (meta,))
-        count = 0
-        for chunk in chunk_stream(
-            doc,
-            stream.blocks(),
-            max_tokens=self.cfg.chunking.max_tokens,
-            overlap_tokens=self.cfg.chunking.overlap_tokens,
-            counter=self.counter,
-            regions=decision.regions,
-            residency_rule=decision.rule,
-        ):
-            count += 1
-            yield chunk
+        count, end = 0, 0
+        try:
+            for chunk in chunk_stream(
+                doc,
+                stream.blocks(),
+                max_tokens=self.cfg.chunking.max_tokens,
+                overlap_tokens=self.cfg.chunking.overlap_tokens,
+                counter=self.counter,
+                regions=decision.regions,
+                residency_rule=decision.rule,
+            ):
+                count, end = count + 1, chunk.char_end
+                yield chunk
+        except DocumentError as exc:  # it failed or changed mid-read: see the docstring
+            message = f"{exc.message}; {_kept(count, end)}"
+            yield self._row(doc, "error", reason=exc.reason, message=message, chunks=count)
+            return
         if count == 0:
             message = f"{doc.path}: no text, only whitespace ({doc.size_bytes} bytes)"
             yield self._row(doc, "error", reason="empty", message=message)
@@ -174,3 +195,13 @@ class _Reader:
             note=note,
             chunks=chunks,
         )
+
+
+def _kept(count: int, end: int) -> str:
+    """What of a document that failed mid-read was already passed on."""
+    if count == 0:
+        return "none of it was chunked"
+    return (
+        f"the {count} chunk(s) before character {end:,} were already passed on and stand; "
+        "the rest was not chunked"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -147,3 +148,72 @@ def test_a_run_streams_large_files_and_reads_the_rest_whole(
     assert rows["large.txt"].chunks == len(large_chunks) > 10
     text = (corpus / "large.txt").read_text(encoding="utf-8")
     assert all(text[c.char_start : c.char_end] == c.text for c in large_chunks)
+
+
+# ── a file that changes between the encoding pass and the reading ──────────────────────
+
+
+def _opened_then(path: Path, change) -> list[str]:  # type: ignore[no-untyped-def]
+    """The blocks of ``path`` with ``change(path)`` done after the first one was read."""
+    opened = stream.open_text_stream(_doc(path), max_bytes=10**9)
+    blocks = opened.blocks()
+    got = [next(blocks)]
+    change(path)
+    got.extend(blocks)
+    return got
+
+
+def test_a_file_that_grows_while_streamed_is_refused_before_its_new_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 4096)
+    path = tmp_path / "log.txt"
+    text = _write(path, 200)
+
+    def append(p: Path) -> None:
+        with p.open("ab") as f:
+            f.write(b"appended later\n")
+
+    with pytest.raises(DocumentError, match=r"grew past the [\d,]+ bytes it had") as info:
+        _opened_then(path, append)
+    assert info.value.reason == "unreadable" and "log.txt" in info.value.message
+    assert len(text.encode()) > 4096  # the growth was met mid-stream, not at the start
+
+
+def test_a_file_rewritten_in_place_while_streamed_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 4096)
+    path = tmp_path / "draft.md"
+    _write(path, 200)
+
+    def rewrite(p: Path) -> None:  # same size, other bytes, as an editor saving in place
+        before = p.stat().st_mtime_ns
+        with p.open("r+b") as f:
+            f.seek(-8, 2)
+            f.write(b"EDITED\n\n")
+        os.utime(p, ns=(before, before + 1_000_000_000))  # whatever the clock's granularity
+
+    with pytest.raises(DocumentError, match="modification time moved"):
+        _opened_then(path, rewrite)
+
+
+def test_a_file_deleted_after_its_encoding_pass_is_unreadable(tmp_path: Path) -> None:
+    path = tmp_path / "gone.txt"
+    _write(path, 50)
+    opened = stream.open_text_stream(_doc(path), max_bytes=10**9)
+    path.unlink()
+    with pytest.raises(DocumentError, match=r"gone\.txt: cannot be read") as info:
+        list(opened.blocks())
+    assert info.value.reason == "unreadable"
+
+
+def test_a_file_deleted_while_streamed_is_still_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POSIX keeps an open file's bytes until it is closed: the document read is whole
+    and consistent, so it is not an error."""
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 4096)
+    path = tmp_path / "moved.txt"
+    text = _write(path, 200)
+    assert "".join(_opened_then(path, Path.unlink)) == text

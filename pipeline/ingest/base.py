@@ -28,9 +28,17 @@ __all__ = [
 ]
 
 #: ``encrypted``: needs a password; ``no_text``: parsed, but holds no text (a scanned PDF,
-#: a JSONL file without one usable record, a web page that is all navigation).
+#: a JSONL file without one usable record, a web page that is all navigation);
+#: ``timeout``: its parser ran past ``corpus.extract_timeout_s`` and was stopped.
 DocumentErrorReason: TypeAlias = Literal[
-    "empty", "binary", "too_large", "unreadable", "unsupported", "encrypted", "no_text"
+    "empty",
+    "binary",
+    "too_large",
+    "unreadable",
+    "unsupported",
+    "encrypted",
+    "no_text",
+    "timeout",
 ]
 
 
