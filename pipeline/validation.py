@@ -84,16 +84,6 @@ def repair_messages(messages: list[dict[str, str]], exc: InvalidOutput) -> list[
     return [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": ask}]
 
 
-def prompt_token_bound(messages: list[dict[str, str]]) -> int:
-    """An upper bound on the prompt's tokens as any byte-level BPE tokenizer counts them.
-
-    A token is at least one byte, so UTF-8 length bounds the count; 8 tokens per message
-    and 8 for the reply priming cover the chat format's overhead. The budget reserves
-    with this bound, which is what makes the cap hard.
-    """
-    return sum(len(m["content"].encode("utf-8")) + 8 for m in messages) + 8
-
-
 def prompt_token_estimate(messages: list[dict[str, str]], chunk_tokens: int) -> int:
     """A realistic estimate (for context-window fit): the chunk's count plus the rest by chars/4."""
     others = [messages[0], *messages[2:]]

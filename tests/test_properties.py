@@ -48,7 +48,8 @@ from pipeline.policy import (
 from pipeline.policy.routing import fits
 from pipeline.prices import Price
 from pipeline.providers import ChatRequest, Provider, ProviderReply
-from pipeline.validation import first_messages, prompt_token_bound, prompt_token_estimate
+from pipeline.providers.bounds import input_token_bound
+from pipeline.validation import first_messages, prompt_token_estimate
 from schemas._spec import SchemaSpec
 
 REGIONS = ("eu", "us", "ch")
@@ -123,7 +124,7 @@ class Fake:
         await asyncio.sleep(0)  # let other calls interleave
         action = self.script.pop(0) if self.script else "ok"
         usage = Usage(
-            int(prompt_token_bound(request.messages) * self.share),
+            int(input_token_bound(request, "openai") * self.share),  # 1.0: the whole bound
             int(request.max_output_tokens * self.share),
         )
         if action in ERRORS:
