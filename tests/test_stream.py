@@ -10,12 +10,12 @@ import pytest
 
 import pipeline.ingest.stream as stream
 from pipeline.chunking import CharEstimate, chunk_document, chunk_stream
-from pipeline.config import Config
 from pipeline.endpoints import Connections
 from pipeline.ingest import DocumentError, extract_text
 from pipeline.models import Document
 from pipeline.run import Run
 from pipeline.store import DocumentRow
+from tests.test_ingest_faults import config
 
 TEXT = (
     "## Clause {i}\n\nThe supplier — Nordhafen AG, Zürich office — delivers within 30 days. "
@@ -127,18 +127,7 @@ def test_a_run_streams_large_files_and_reads_the_rest_whole(
     _write(corpus / "large.txt", 1000)
     _write(corpus / "small.md", 3)
     (corpus / "blank.txt").write_text(" \n" * 40_000)
-    cfg = Config.model_validate(
-        {
-            "corpus": {"path": str(corpus), "residency_default": ["eu"]},
-            "task": {"schema": "chunk_summary"},
-            "chunking": {"max_tokens": 200, "overlap_tokens": 10, "counter": "chars/4"},
-            "budget": {"run_usd": 1},
-            "providers": [
-                {"name": "p", "kind": "openai", "region": "eu", "models": [{"id": "gpt-4.1-mini"}]}
-            ],
-            "output": {"root": str(tmp_path / "out")},
-        }
-    )
+    cfg = config(corpus, tmp_path)
     run = Run(cfg, run_id="r1", flow="test", conn=Connections())
     items = list(run.corpus_chunks())
     rows = {i.path: i for i in items if isinstance(i, DocumentRow)}
