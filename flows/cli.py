@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DocrouteError, StoreError) as exc:
         print(f"docroute: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        print(f"docroute: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("docroute: interrupted", file=sys.stderr)
         return 130
@@ -253,18 +258,66 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_startable(cfg, store, run_id)
     verb = "resume" if args.resume else "run"
     print(f"docroute {verb} {run_id} · config {path}", flush=True)
-    summary = asyncio.run(
-        nightly_batch(
+    summary = _run_flow(
+        lambda: nightly_batch(
             config_path=str(path.resolve()),
             run_id=run_id,
             budget_usd=args.budget,
             simulate=args.simulate,
             resume=bool(args.resume),
             force=args.force,
-        )
+        ),
+        run_id,
+        path,
     )
     print(format_summary(summary, path))
     return 0
+
+
+class Interrupted(Exception):
+    """The user stopped a run (Ctrl-C); its record says ``interrupted``."""
+
+
+def _run_flow(flow: Callable[[], Awaitable[Any]], run_id: str, config: Path) -> Any:
+    """Run ``flow()`` against a Prefect API docroute controls (see ``flows.prefect_api``).
+
+    The first Ctrl-C cancels the run: calls in flight get their ledger rows, the run is
+    recorded ``interrupted`` and :class:`Interrupted` names the command that continues it.
+    A second Ctrl-C ends the process at once; what it leaves is what ``kill -9`` leaves,
+    which ``--resume`` recovers.
+    """
+    from flows.prefect_api import prefect_api
+
+    resume = f"docroute run --config {config} --resume {run_id}"
+    main: asyncio.Task[Any] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    stopping = False
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if stopping or main is None or loop is None or main.done():
+            os.write(2, f"\ndocroute: stopped at once; continue with `{resume}`\n".encode())
+            os._exit(130)
+        stopping = True
+        os.write(2, b"\ndocroute: stopping (Ctrl-C again to quit at once) ...\n")
+        loop.call_soon_threadsafe(main.cancel)
+
+    async def top() -> Any:
+        nonlocal main, loop
+        main, loop = asyncio.current_task(), asyncio.get_running_loop()
+        return await flow()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with prefect_api():
+            try:
+                return asyncio.run(top())
+            except asyncio.CancelledError:
+                if not stopping:
+                    raise
+                raise Interrupted(f"run {run_id} interrupted; continue with `{resume}`") from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _check_startable(cfg: Any, store: Store, run_id: str) -> None:
@@ -300,8 +353,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     )
     run_id = new_run_id()
     print(f"docroute rerun {run_id} · parent {args.run_id} · config {path}", flush=True)
-    summary = asyncio.run(
-        rerun_failed(
+    summary = _run_flow(
+        lambda: rerun_failed(
             parent_run_id=args.run_id,
             config_path=str(path.resolve()),
             run_id=run_id,
@@ -312,7 +365,9 @@ def cmd_rerun(args: argparse.Namespace) -> int:
             providers=args.provider,
             overrides=overrides,
             force=args.force,
-        )
+        ),
+        run_id,
+        path,
     )
     print(format_summary(summary, path))
     return 0

@@ -2,24 +2,18 @@
 
 Prefect's embedded (ephemeral) mode runs flows but never fires schedules, so serving
 needs an API server. If ``PREFECT_API_URL`` is set, that server is used; otherwise a
-local ``prefect server start`` is launched on 127.0.0.1 (SQLite under ``PREFECT_HOME``)
-and stopped again when serving ends.
+local Prefect server (with its scheduler) is launched on 127.0.0.1 (SQLite under
+``PREFECT_HOME``) and stopped again when serving ends, or by the kernel if this process is
+killed (see :mod:`flows.prefect_api`).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from pipeline.errors import DocrouteError
-
-HEALTH_TIMEOUT_S = 90
+from flows.prefect_api import LocalServer, drain_prefect_workers, healthy
 
 
 def serve(config_path: Path, *, cron: str, timezone: str, name: str, port: int) -> None:
@@ -29,7 +23,9 @@ def serve(config_path: Path, *, cron: str, timezone: str, name: str, port: int) 
     server = None
     if not api_url:
         api_url = f"http://127.0.0.1:{port}/api"
-        server = None if _healthy(port) else start_local_server(port)
+        if not healthy(port):
+            print(f"starting a local Prefect server on 127.0.0.1:{port} …", flush=True)
+            server = LocalServer.start(port, services=True)
     print(
         f"docroute serve: Prefect API {api_url} · deployment nightly-batch/{name} · cron "
         f"{cron!r} ({timezone}) · config {config_path}",
@@ -45,45 +41,6 @@ def serve(config_path: Path, *, cron: str, timezone: str, name: str, port: int) 
                 description="docroute nightly batch",
             )
     finally:
+        drain_prefect_workers()
         if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
-
-
-def start_local_server(port: int) -> subprocess.Popen[bytes]:
-    """``prefect server start`` on 127.0.0.1:``port``; returns once its API answers."""
-    env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
-    print(f"starting a local Prefect server on 127.0.0.1:{port} …", flush=True)
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("prefect")),
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DocrouteError(f"prefect server exited with code {proc.returncode} while starting")
-        if _healthy(port):
-            return proc
-        time.sleep(0.5)
-    proc.terminate()
-    raise DocrouteError(
-        f"prefect server did not answer on 127.0.0.1:{port} within {HEALTH_TIMEOUT_S}s"
-    )
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
+            server.stop()

@@ -27,10 +27,8 @@ linear-time code and have no time limit.
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import signal
-import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
@@ -45,6 +43,7 @@ from pebble import ProcessExpired, ProcessPool
 from pipeline.ingest.base import DocumentError, ExtractedText, ExtractOptions
 from pipeline.ingest.extraction import extract_text
 from pipeline.models import Document
+from pipeline.orphans import die_with_parent
 
 __all__ = ["EXTRACT_TIMEOUT_S", "POOLED_SUFFIXES", "Extracted", "TextExtractor", "extract_many"]
 
@@ -59,7 +58,6 @@ EXTRACT_TIMEOUT_S = 120.0
 #: Not forkserver: its workers are children of the fork server, which outlives a killed
 #: parent while any of them runs, so a worker stuck in a parse would too.
 _CONTEXT = multiprocessing.get_context("spawn")
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 Extracted: TypeAlias = ExtractedText | DocumentError
 
@@ -208,9 +206,7 @@ def _worker_start() -> None:
     """In each worker: the terminal's Ctrl-C is the parent's to handle, and on Linux the
     kernel kills the worker when its parent dies (``kill -9`` leaves no parser running)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    die_with_parent(signal.SIGKILL)
 
 
 def _timed_out(doc: Document, limit_s: float | None) -> DocumentError:
