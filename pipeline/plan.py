@@ -26,6 +26,12 @@ output tokens per billed attempt, input ratio = billed input tokens / the prompt
 estimates of those attempts' chunks (tokenizer differences, repair prompts). Without
 history: ``A`` = 1, ``o`` = ``DEFAULT_OUTPUT_FRACTION`` of ``task.max_output_tokens``,
 ratio 1. The plan says which it used (``basis.source``).
+
+The plan warns when ``task.max_output_tokens`` leaves too little room for the schema's
+answers (an answer longer than the limit is cut off and paid for anyway): after answers
+were cut off in the latest runs, until the limit is twice what they got; else below 1.25×
+the p90 of the latest runs' valid answers (once there are ``MIN_SIZE_HISTORY``); else,
+without history, below twice the tokens of the schema's example answer.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from pipeline.policy.routing import fits, strategy_from_config
 from pipeline.store import DocumentRow, Store
 from pipeline.tokens import get_counter
 from pipeline.validation import first_messages, prompt_token_estimate
-from schemas import get_schema
+from schemas import SchemaSpec, get_schema
 
 __all__ = [
     "DEFAULT_OUTPUT_FRACTION",
@@ -61,6 +67,14 @@ DEFAULT_OUTPUT_FRACTION = 0.25
 HISTORY_RUNS = 10
 #: Succeeded chunks an endpoint needs in the history for its own figures to be used.
 MIN_ENDPOINT_HISTORY = 10
+#: Valid answers the history needs before their sizes replace the schema's example.
+MIN_SIZE_HISTORY = 20
+#: ``task.max_output_tokens`` should be at least this many times the p90 of past answers,
+ROOM_OVER_P90 = 1.25
+#: ... this many times the schema's example answer (long chunks give longer answers),
+ROOM_OVER_EXAMPLE = 2.0
+#: ... and, after answers were cut off, this many times what they got before the cut.
+ROOM_AFTER_TRUNCATION = 2.0
 
 UnroutableReason = Literal["residency_deny", "no_endpoint_in_region", "too_long", "no_candidate"]
 
@@ -162,6 +176,9 @@ def make_plan(
         budget_usd=cfg.budget.run_usd if budget_usd is None else budget_usd,
         warnings=residency.unserved(p.region for p in cfg.providers),
     )
+    room = output_room_warning(cfg, schema, answer_sizes(cfg, schema.name))
+    if room:
+        plan.warnings.append(room)
     router = Router(endpoints_from_config(cfg))
     lines: dict[str, Line] = {}
     blocked: dict[str, Unroutable] = {}
@@ -319,6 +336,58 @@ class _Tally:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerSizes:
+    """Output tokens of the schema's answers in the latest runs' ledger."""
+
+    answers: int = 0  # valid answers (outcome ok)
+    p90: float = 0.0
+    truncated: int = 0  # answers cut off at the output limit (output_truncated)
+    truncated_at: int = 0  # the most output tokens such an answer got
+
+
+def answer_sizes(cfg: Config, schema_name: str) -> AnswerSizes:
+    """How long answers of ``schema_name`` were in the latest runs (reads only)."""
+    store = Store(cfg.output.root)
+    if not store.has_tables(("ledger", "results")):
+        return AnswerSizes()
+    answers, p90, truncated, truncated_at = store.read(
+        _SIZES_SQL, [schema_name, HISTORY_RUNS]
+    ).rows[0]
+    return AnswerSizes(int(answers), float(p90 or 0), int(truncated), int(truncated_at or 0))
+
+
+def output_room_warning(cfg: Config, schema: SchemaSpec, seen: AnswerSizes) -> str | None:
+    """A warning when ``task.max_output_tokens`` leaves too little room for the schema's
+    answers: from the ledger's answers once there are enough, else from the schema's example.
+    An answer longer than the limit is cut off and paid for anyway (``output_truncated``)."""
+    limit = cfg.task.max_output_tokens
+    if seen.truncated and limit <= ROOM_AFTER_TRUNCATION * seen.truncated_at:
+        need = ROOM_AFTER_TRUNCATION * seen.truncated_at
+        why = (
+            f"{seen.truncated} answer(s) in the latest runs were cut off at about "
+            f"{seen.truncated_at:,} tokens"
+        )
+    elif seen.answers >= MIN_SIZE_HISTORY:
+        need = ROOM_OVER_P90 * seen.p90
+        why = (
+            f"the longest 10% of {seen.answers:,} answers in the latest runs used {seen.p90:,.0f}+"
+        )
+    elif schema.example:
+        typical = get_counter(cfg.chunking.counter).count(schema.example)
+        need = ROOM_OVER_EXAMPLE * typical
+        why = f"a typical {schema.name} answer (the schema's example) is about {typical:,} tokens"
+    else:
+        return None
+    if limit >= need:
+        return None
+    suggest = -(-int(need) // 64) * 64
+    return (
+        f"task.max_output_tokens is {limit:,}, but {why}: longer answers are cut off and still "
+        f"paid for (output_truncated); raise it to at least {suggest:,}"
+    )
+
+
 def _instructions(cfg: Config) -> str:
     return cfg.task.instructions or get_schema(cfg.task.schema_name).instructions
 
@@ -366,6 +435,21 @@ FROM per_chunk p
 JOIN chunk c ON c.run_id = p.run_id AND c.chunk_id = p.chunk_id
 LEFT JOIN status s ON s.run_id = p.run_id AND s.chunk_id = p.chunk_id
 GROUP BY p.first_endpoint
+"""
+
+
+# Over the latest runs of a schema: valid answers, their p90 output tokens, and the answers
+# cut off at the output limit with the most output tokens one of them got.
+_SIZES_SQL = """
+WITH recent AS (
+    SELECT run_id FROM results WHERE schema_name = ?
+    GROUP BY run_id ORDER BY run_id DESC LIMIT ?
+)
+SELECT count(*) FILTER (WHERE outcome = 'ok'),
+       quantile_cont(output_tokens, 0.9) FILTER (WHERE outcome = 'ok'),
+       count(*) FILTER (WHERE outcome = 'output_truncated'),
+       max(output_tokens) FILTER (WHERE outcome = 'output_truncated')
+FROM ledger WHERE run_id IN (SELECT run_id FROM recent) AND provider IS NOT NULL
 """
 
 

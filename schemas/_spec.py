@@ -33,12 +33,18 @@ class SchemaSpec:
     version: str
     model: type[BaseModel]
     instructions: str
+    example: str = ""
+    """A typical answer (JSON) for a chunk of a few hundred tokens. Never sent to a model:
+    ``docroute plan`` sizes answers by it until the ledger has real ones. Checked against
+    ``model`` here, so it cannot drift from the schema."""
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ValueError(f"schema name {self.name!r} must match {_NAME.pattern}")
         if not self.instructions.strip():
             raise ValueError(f"schema {self.name!r} needs instructions")
+        if self.example:
+            self.model.model_validate_json(self.example)  # a stale example fails at import
 
     def json_schema(self) -> dict[str, Any]:
         """The model's JSON Schema in the form OpenAI strict structured output accepts.

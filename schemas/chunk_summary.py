@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -73,5 +74,30 @@ SPEC = SchemaSpec(
         "organization, location, date, amount of money, product and law the text names, "
         "with its kind. Set language to the ISO 639-1 code of the text's main language. "
         "Return only a JSON object that matches the given schema, with no other text."
+    ),
+    example=json.dumps(
+        {
+            "summary": "The amendment extends the hosting agreement between Vantrel Systems B.V. "
+            "and Nordhaven Logistics GmbH until 31 December 2027 and raises the "
+            "monthly fee to EUR 12,500 from 1 March 2025. Personal data stays in data "
+            "centres in Frankfurt and Amsterdam, as the GDPR requires.",
+            "key_points": [
+                "The agreement is extended until 31 December 2027.",
+                "The monthly fee rises to EUR 12,500 from 1 March 2025.",
+                "Personal data is hosted only in Frankfurt and Amsterdam.",
+                "Either party may terminate with six months' written notice.",
+            ],
+            "entities": [
+                {"name": "Vantrel Systems B.V.", "kind": "organization"},
+                {"name": "Nordhaven Logistics GmbH", "kind": "organization"},
+                {"name": "31 December 2027", "kind": "date"},
+                {"name": "EUR 12,500", "kind": "money"},
+                {"name": "1 March 2025", "kind": "date"},
+                {"name": "Frankfurt", "kind": "location"},
+                {"name": "Amsterdam", "kind": "location"},
+                {"name": "GDPR", "kind": "law"},
+            ],
+            "language": "en",
+        }
     ),
 )

@@ -7,6 +7,7 @@ obligations.
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from typing import Annotated, Literal
 
@@ -104,5 +105,42 @@ SPEC = SchemaSpec(
         "YYYY-MM-DD. If the text contains no contractual provisions, return an empty "
         "clauses list. Return only a JSON object that matches the given schema, with no "
         "other text."
+    ),
+    example=json.dumps(
+        {
+            "clauses": [
+                {
+                    "clause_type": "payment",
+                    "parties": ["Vantrel Systems B.V.", "Nordhaven Logistics GmbH"],
+                    "effective_date": "2025-03-01",
+                    "amounts": [{"value": 12500, "currency": "EUR"}],
+                    "obligations": [
+                        {
+                            "party": "Nordhaven Logistics GmbH",
+                            "action": "Pay the monthly hosting fee within 30 days of each invoice.",
+                            "deadline": None,
+                        }
+                    ],
+                    "summary": "Nordhaven pays Vantrel EUR 12,500 a month for hosting from 1 "
+                    "March 2025.",
+                },
+                {
+                    "clause_type": "termination",
+                    "parties": ["Vantrel Systems B.V.", "Nordhaven Logistics GmbH"],
+                    "effective_date": None,
+                    "amounts": [],
+                    "obligations": [
+                        {
+                            "party": "Vantrel Systems B.V.",
+                            "action": "Return or delete all customer data within 60 "
+                            "days of termination.",
+                            "deadline": None,
+                        }
+                    ],
+                    "summary": "Either party may end the agreement with six months' written "
+                    "notice.",
+                },
+            ]
+        }
     ),
 )

@@ -108,3 +108,51 @@ def test_estimate_from_history_is_within_15_percent_of_the_sample_run(
     assert f"{plan.total.cost_usd:.4f}" in out
     assert store.read("SELECT count(*) FROM runs").rows[0][0] == runs
     assert len(sim_env.requests()) == requests
+
+    # Answer sizes come from the history now: the sample's answers are ~150 tokens.
+    assert not [w for w in plan.warnings if "max_output_tokens" in w]
+    tight = make_plan(load_config(config, overrides={"task.max_output_tokens": 120}))
+    (room,) = [w for w in tight.warnings if "max_output_tokens" in w]
+    assert "task.max_output_tokens is 120" in room and "answers in the latest runs" in room
+
+
+def _room(plan: Any) -> list[str]:
+    return [w for w in plan.warnings if w.startswith("task.max_output_tokens")]
+
+
+def test_plan_warns_when_the_output_limit_is_below_the_schemas_typical_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = sample_config_data()
+    data["task"]["max_output_tokens"] = 256
+    plan = make_plan(load_config(write_config(tmp_path, data)))
+    (room,) = _room(plan)
+    assert "is 256" in room and "the schema's example" in room and "at least 512" in room
+    assert main(["plan", "--config", str(tmp_path / "docroute.yaml")]) == 0
+    assert "warning    task.max_output_tokens is 256" in capsys.readouterr().out
+
+    data["task"]["max_output_tokens"] = 800
+    assert _room(make_plan(load_config(write_config(tmp_path, data)))) == []
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_plan_warns_after_answers_were_cut_off_until_the_limit_is_raised(
+    tmp_path: Path, sim_env: Any
+) -> None:
+    from flows.nightly import nightly_batch
+
+    data = sample_config_data()
+    data["task"]["max_output_tokens"] = 48  # the sample's answers need ~150
+    config = write_config(tmp_path, data)
+    asyncio.run(nightly_batch(config_path=str(config)))
+    cut = (
+        Store(tmp_path / "out")
+        .read("SELECT count(*), max(output_tokens) FROM ledger WHERE outcome = 'output_truncated'")
+        .rows[0]
+    )
+    assert cut[0] > 0
+
+    (room,) = _room(make_plan(load_config(config)))
+    assert f"{cut[0]} answer(s) in the latest runs were cut off at about {cut[1]:,}" in room
+    assert f"at least {-(-2 * cut[1] // 64) * 64:,}" in room
+    assert _room(make_plan(load_config(config, overrides={"task.max_output_tokens": 1024}))) == []

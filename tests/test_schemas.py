@@ -142,6 +142,17 @@ def test_spec_rejects_a_name_providers_would_refuse() -> None:
         SchemaSpec("chunk summary!", "1", ChunkSummary, "Return JSON.")
 
 
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_every_shipped_schema_has_an_example_answer_that_validates(name: str) -> None:
+    spec = get_schema(name)
+    assert spec.model.model_validate_json(spec.example)
+
+
+def test_spec_rejects_an_example_that_no_longer_matches_its_model() -> None:
+    with pytest.raises(ValidationError, match="language"):
+        SchemaSpec("s", "1", ChunkSummary, "Return JSON.", example='{"summary": "x"}')
+
+
 # --- strict JSON Schema -------------------------------------------------------------
 
 
