@@ -28,6 +28,7 @@ from prefect.utilities.annotations import quote
 from pipeline.config import Config, load_config
 from pipeline.errors import StageError
 from pipeline.family import Selection, rerun_selection
+from pipeline.providers.structured import enforcement_warnings
 from pipeline.run import Batch, Run, drive, new_run_id, require_run
 from pipeline.secrets import install_log_scrubber
 from pipeline.store import Store
@@ -213,9 +214,12 @@ def _budget(budget_usd: float | None) -> dict[str, Any]:
 
 
 def _announce(run: Run) -> None:
+    logger = get_run_logger()
     notice = run.conn.notice()
     if notice:
-        get_run_logger().info("%s", notice)
+        logger.info("%s", notice)
+    for line in enforcement_warnings(run.router.endpoints, run.schema.json_schema()):
+        logger.warning("schema %s: %s", run.schema.name, line)
 
 
 def _status(summary: dict[str, Any]) -> str:

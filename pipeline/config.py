@@ -21,6 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.providers.presets import get_preset
+from pipeline.providers.structured import MODES_OF_KIND, StructuredMode
 from pipeline.simulator.profiles import EndpointProfile
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
@@ -229,10 +231,14 @@ class ModelConfig(_Model):
     max_output_tokens: int | None = Field(default=None, ge=16)
     """Largest answer the model can give; defaults to the table."""
     structured_output: bool = True
-    """Whether the endpoint enforces a JSON schema on answers."""
-    structured_mode: Literal["json_schema", "tool"] = "json_schema"
-    """How the schema is asked for: the vendor's JSON-schema output, or a forced tool call
-    (Anthropic models without structured outputs)."""
+    """Whether the endpoint can answer structured at all; ``false`` leaves it out of routing.
+    (An endpoint that only follows instructions still routes: ``structured_mode: prompt``.)"""
+    structured_mode: StructuredMode | None = None
+    """How the schema is asked for (``pipeline/providers/structured.py``): ``json_schema``
+    (strict), ``json_schema_loose``, ``json_object_schema`` (llama-cpp-python),
+    ``guided_json`` (vLLM), ``json_object`` or ``prompt`` (the schema in the prompt only),
+    ``tool`` (Anthropic's forced tool call). Defaults to the preset's, else ``json_schema``.
+    Answers are validated against the schema whatever the mode."""
 
 
 class ProviderConfig(_Model):
@@ -240,7 +246,12 @@ class ProviderConfig(_Model):
     """Unique endpoint name, as it appears in the ledger."""
     kind: Literal["openai", "anthropic", "mistral", "openai_compatible"]
     """Wire protocol / adapter (see ``pipeline/providers``)."""
-    preset: Literal["gemini", "groq", "together", "xai", "vllm", "ollama"] | None = None
+    preset: (
+        Literal[
+            "gemini", "groq", "together", "xai", "vllm", "ollama", "llamacpp", "llama_cpp_python"
+        ]
+        | None
+    ) = None
     """For ``openai_compatible``: a known service (its base URL and quirks)."""
     region: Region
     """Where this endpoint processes data (``eu``, ``us``, ``on-prem``, …)."""
@@ -263,7 +274,21 @@ class ProviderConfig(_Model):
             )
         if self.kind == "openai_compatible" and self.preset is None and not self.base_url:
             raise ValueError("kind openai_compatible needs a base_url or a preset")
+        allowed = MODES_OF_KIND[self.kind]
+        for j, m in enumerate(self.models):
+            if m.structured_mode is not None and m.structured_mode not in allowed:
+                raise ValueError(
+                    f"models[{j}].structured_mode: {m.structured_mode!r} cannot be sent by kind "
+                    f"{self.kind}; expected one of: {', '.join(sorted(allowed))}"
+                )
         return self
+
+    def structured_mode(self, model: ModelConfig) -> StructuredMode:
+        """The mode ``model`` is asked in: its own, else its preset's, else ``json_schema``."""
+        if model.structured_mode is not None:
+            return model.structured_mode
+        preset = get_preset(self.preset)
+        return preset.structured_mode if preset is not None else "json_schema"
 
     models: list[ModelConfig] = Field(min_length=1)
     """Models offered by this endpoint."""

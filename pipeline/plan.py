@@ -47,6 +47,7 @@ from pipeline.corpus import read_corpus
 from pipeline.models import Chunk
 from pipeline.policy import Endpoint, Residency, Router, endpoints_from_config, output_cap
 from pipeline.policy.routing import fits, strategy_from_config
+from pipeline.providers.structured import enforcement_warnings
 from pipeline.store import DocumentRow, Store
 from pipeline.tokens import get_counter
 from pipeline.validation import first_messages, prompt_token_estimate
@@ -176,10 +177,11 @@ def make_plan(
         budget_usd=cfg.budget.run_usd if budget_usd is None else budget_usd,
         warnings=residency.unserved(p.region for p in cfg.providers),
     )
+    router = Router(endpoints_from_config(cfg))
+    plan.warnings += enforcement_warnings(router.endpoints, schema.json_schema())
     room = output_room_warning(cfg, schema, answer_sizes(cfg, schema.name))
     if room:
         plan.warnings.append(room)
-    router = Router(endpoints_from_config(cfg))
     lines: dict[str, Line] = {}
     blocked: dict[str, Unroutable] = {}
     counter = get_counter(cfg.chunking.counter)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from pipeline.providers import ChatRequest, EndpointSettings, ProviderReply, bui
 from pipeline.providers import anthropic as anthropic_adapter
 from pipeline.providers import mistral as mistral_adapter
 from pipeline.providers.bounds import OVERHEADS, input_token_bound, schema_parts
+from pipeline.providers.structured import MODES_OF_KIND, PROMPTED
 from pipeline.simulator import EndpointProfile
 from pipeline.simulator import tokens as sim_tokens
 from pipeline.validation import first_messages
@@ -36,7 +38,12 @@ KINDS = [
     ("mistral", None, "mistral"),
     ("anthropic", None, "anthropic"),
 ]
-MODES = ["json_schema", "tool"]
+#: Every structured mode each kind's adapter can send, with the kind's protocol.
+CASES = [
+    (kind, preset, protocol, mode)
+    for kind, preset, protocol in KINDS
+    for mode in sorted(MODES_OF_KIND[kind])
+]
 
 
 def _wide_model(fields: int = 60) -> type[BaseModel]:
@@ -92,8 +99,7 @@ def _complete(simulator: Any, kind: str, preset: str | None, protocol: str, requ
 
 
 @pytest.mark.parametrize("schema", list(SCHEMAS))
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize(("kind", "preset", "protocol"), KINDS)
+@pytest.mark.parametrize(("kind", "preset", "protocol", "mode"), CASES)
 def test_billed_input_never_exceeds_the_bound(
     simulator: Any, kind: str, preset: str | None, protocol: str, mode: str, schema: str
 ) -> None:
@@ -109,8 +115,7 @@ def _message_only_bound(request: ChatRequest) -> int:
     return sum(len(m["content"].encode("utf-8")) + 8 for m in request.messages) + 8
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize(("kind", "preset", "protocol"), KINDS)
+@pytest.mark.parametrize(("kind", "preset", "protocol", "mode"), CASES)
 def test_a_large_schema_on_a_short_chunk_outgrows_the_message_only_bound(
     simulator: Any, kind: str, preset: str | None, protocol: str, mode: str
 ) -> None:
@@ -145,8 +150,8 @@ def test_the_simulator_bills_the_overheads_of_the_bounds_table() -> None:
     assert {o.reply for o in OVERHEADS.values()} == {sim_tokens.TOKENS_PER_REPLY}
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_schema_parts_are_what_the_adapters_send(mode: str) -> None:
+@pytest.mark.parametrize("mode", sorted(MODES_OF_KIND["anthropic"]))
+def test_schema_parts_are_what_the_anthropic_and_mistral_adapters_send(mode: str) -> None:
     request = _request(WIDE, SHORT, mode)
     claude = anthropic_adapter._params(request)
     if mode == "tool":
@@ -155,12 +160,28 @@ def test_schema_parts_are_what_the_adapters_send(mode: str) -> None:
         assert schema_parts(request, "anthropic") == [claude["output_config"]["format"]]
     sent = mistral_adapter._params(request)["response_format"]
     assert schema_parts(request, "mistral") == [sent.model_dump(by_alias=True, exclude_none=True)]
-    openai = build_provider("openai", _settings("shape", "http://127.0.0.1:9/v1"))
+
+
+@pytest.mark.parametrize("mode", sorted(MODES_OF_KIND["openai_compatible"]))
+def test_schema_parts_are_what_the_openai_adapter_sends(mode: str) -> None:
+    request = _request(WIDE, SHORT, mode)
+    openai = build_provider(
+        "openai_compatible", _settings("shape", "http://127.0.0.1:9/v1"), preset="vllm"
+    )
     try:
         body = openai._params(request)["extra_body"]  # type: ignore[attr-defined]
-        assert schema_parts(request, "openai") == [body["response_format"]]
     finally:
         asyncio.run(openai.aclose())
+    sent = [body[k] for k in ("response_format", "guided_json") if k in body]
+    parts = schema_parts(request, "openai")
+    if mode in PROMPTED:  # the schema travels in the system message instead
+        assert "schema" not in json.dumps(sent)
+        assert body["messages"][0]["content"].endswith(parts[-1].strip())
+        assert body["messages"][0]["content"].startswith(request.messages[0]["content"])
+        parts = parts[:-1]
+    else:
+        assert body["messages"] == request.messages
+    assert parts == sent
 
 
 def test_the_schema_share_follows_the_schema_not_the_messages() -> None:

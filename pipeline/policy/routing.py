@@ -77,7 +77,7 @@ def endpoints_from_config(cfg: Config) -> list[Endpoint]:
                     price=price,
                     structured_output=m.structured_output,
                     order=len(out),
-                    structured_mode=m.structured_mode,
+                    structured_mode=p.structured_mode(m),
                 )
             )
     return out

@@ -7,10 +7,11 @@ The budget reserves with this bound before each call, which is what makes the ca
 it must never be below what the vendor bills. It counts what a vendor bills as input:
 
 - each message's role and content, and the system prompt;
-- the schema as the adapter sends it: OpenAI's and Mistral's ``response_format``
-  (name, schema, strict), Anthropic's ``output_config.format`` (the schema after the SDK's
-  ``transform_schema``) or, in ``tool`` mode, its forced tool (name, description,
-  ``input_schema``) and ``tool_choice``;
+- the schema as the adapter sends it: OpenAI's request fields of the endpoint's
+  structured mode (``response_format``, ``guided_json``, or the schema's prompt text),
+  Mistral's ``response_format`` (name, schema, strict), Anthropic's
+  ``output_config.format`` (the schema after the SDK's ``transform_schema``) or, in
+  ``tool`` mode, its forced tool (name, description, ``input_schema``) and ``tool_choice``;
 - each protocol's fixed overhead, from ``OVERHEADS``: message framing, the reply
   priming, the system prompt a vendor adds for a response format or for tool use.
 
@@ -40,6 +41,7 @@ from typing import Any
 from anthropic import transform_schema
 
 from pipeline.providers.base import ChatRequest
+from pipeline.providers.structured import PROMPTED, openai_fields, schema_prompt
 
 __all__ = ["OVERHEADS", "PROTOCOL_OF_KIND", "Overhead", "input_token_bound", "schema_parts"]
 
@@ -131,10 +133,18 @@ def input_token_bound(request: ChatRequest, kind: str) -> int:
 def schema_parts(request: ChatRequest, protocol: str) -> list[Any]:
     """The request parameters that carry the schema, as ``protocol``'s adapter builds them.
 
-    ``openai`` and ``mistral`` send ``response_format`` whatever the structured mode (their
-    adapters have no tool mode); ``anthropic`` sends ``output_config.format``, or in
-    ``tool`` mode its ``tools`` and ``tool_choice``.
+    ``openai`` sends what its structured mode asks for (``structured.openai_fields``: a
+    response format, vLLM's ``guided_json``, or in a prompted mode the schema's prompt
+    text); ``mistral`` sends ``response_format`` (its adapter has no other mode);
+    ``anthropic`` sends ``output_config.format``, or in ``tool`` mode its ``tools`` and
+    ``tool_choice``.
     """
+    if protocol == "openai":
+        fields = openai_fields(request)
+        parts: list[Any] = [fields[k] for k in ("response_format", "guided_json") if k in fields]
+        if request.structured_mode in PROMPTED:
+            parts.append(schema_prompt(request) + "\n\n")  # appended to the system message
+        return parts
     if protocol != "anthropic":
         return [
             {
@@ -158,12 +168,14 @@ def schema_parts(request: ChatRequest, protocol: str) -> list[Any]:
 
 def _schema_tokens(request: ChatRequest, protocol: str) -> int:
     mode = "tool" if protocol == "anthropic" and request.structured_mode == "tool" else "format"
-    key = (id(request.json_schema), protocol, mode, request.schema_name)
+    key = (id(request.json_schema), protocol, request.structured_mode, request.schema_name)
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is request.json_schema:
         return hit[1]
     overhead = OVERHEADS[protocol]
     fixed = overhead.tool_prompt + overhead.per_tool if mode == "tool" else overhead.format_prompt
+    if request.structured_mode in PROMPTED:  # the schema's text may come in a message of its own
+        fixed += overhead.per_message + len("system")
     tokens = fixed + sum(
         _bytes(json.dumps(part, ensure_ascii=False)) for part in schema_parts(request, protocol)
     )

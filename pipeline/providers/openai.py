@@ -1,14 +1,15 @@
 """OpenAI chat completions through the official ``openai`` SDK.
 
-Structured output uses ``response_format`` ``json_schema`` with ``strict: true``. The SDK's
-own retries are off (``max_retries=0``): each call is one HTTP attempt. Every SDK
-exception is translated here into ``pipeline.errors`` and nothing above this module sees
-an ``openai`` type.
+Structured output is asked for in the endpoint's structured mode (``structured.py``:
+``response_format`` ``json_schema`` with ``strict: true`` unless a preset or the config
+says otherwise). The SDK's own retries are off (``max_retries=0``): each call is one HTTP
+attempt. Every SDK exception is translated here into ``pipeline.errors`` and nothing above
+this module sees an ``openai`` type.
 
 The same adapter serves ``openai_compatible`` endpoints (Gemini, Groq, Together, xAI,
 vLLM, Ollama, …). A ``Preset`` (see ``presets.py``) gives such a service's default base
-URL and its quirks as data: the max-tokens field it takes and the shape of its error
-bodies.
+URL and its quirks as data: the max-tokens field it takes, its structured mode and the
+shape of its error bodies.
 
     OpenAICompatibleProvider(settings, preset="gemini")
 """
@@ -35,6 +36,7 @@ from pipeline.providers.errmap import (
 )
 from pipeline.providers.headers import openai_limits, parse_duration
 from pipeline.providers.presets import ErrorShape, Preset, get_preset
+from pipeline.providers.structured import openai_fields
 from pipeline.secrets import scrub
 
 # vLLM and Ollama ignore the key but the SDK insists on one.
@@ -87,21 +89,14 @@ class OpenAIProvider:
         )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
-        response_format = {
-            "type": "json_schema",
-            "json_schema": {
-                "name": request.schema_name,
-                "schema": request.json_schema,
-                "strict": True,
-            },
-        }
         params: dict[str, Any] = {
             "model": request.model,
             # Messages and schema are plain JSON already; sent as-is through extra_body, which
             # the SDK merges over the body, they skip its per-call TypedDict transform (about
-            # 1 ms of CPU per call here) that would produce the same JSON.
+            # 1 ms of CPU per call here) that would produce the same JSON. The fields asking
+            # for the schema depend on the endpoint's structured mode (``structured``).
             "messages": [],
-            "extra_body": {"messages": request.messages, "response_format": response_format},
+            "extra_body": openai_fields(request),
             self.max_tokens_param: request.max_output_tokens,
         }
         if request.temperature is not None:

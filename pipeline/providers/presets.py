@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from pipeline.providers.structured import StructuredMode
+
 #: How a service shapes an error body: OpenAI's ``{"error": {…}}``, or Google's JSON
 #: array of them, ``[{"error": {"code": 429, "message": …, "status": …}}]``.
 ErrorShape = Literal["object", "array"]
@@ -29,6 +31,8 @@ class Preset:
     """The request field that caps the answer's tokens."""
     error_shape: ErrorShape = "object"
     """Shape of error bodies; ``array`` needs the message pulled out of a list."""
+    structured_mode: StructuredMode = "json_schema"
+    """How the service takes a schema (``structured.py``), unless a model's config says."""
 
 
 PRESETS: dict[str, Preset] = {
@@ -40,10 +44,19 @@ PRESETS: dict[str, Preset] = {
             error_shape="array",
         ),
         Preset("groq", "https://api.groq.com/openai/v1", "max_completion_tokens"),
-        Preset("together", "https://api.together.xyz/v1"),
+        # Together and Ollama take a json_schema response format but do not honour strict.
+        Preset("together", "https://api.together.xyz/v1", structured_mode="json_schema_loose"),
         Preset("xai", "https://api.x.ai/v1", "max_completion_tokens"),
-        Preset("vllm", "http://localhost:8000/v1"),
-        Preset("ollama", "http://localhost:11434/v1"),
+        # vLLM's OpenAI server: response_format json_schema, enforced by its guided decoding
+        # backend (xgrammar/outlines) whatever ``strict`` says; ``guided_json`` for old ones.
+        Preset("vllm", "http://localhost:8000/v1", structured_mode="json_schema_loose"),
+        Preset("ollama", "http://localhost:11434/v1", structured_mode="json_schema_loose"),
+        # llama.cpp's own llama-server: json_schema, turned into a grammar.
+        Preset("llamacpp", "http://127.0.0.1:8080/v1"),
+        # llama-cpp-python's server: HTTP 500 for json_schema; json_object with a schema.
+        Preset(
+            "llama_cpp_python", "http://127.0.0.1:8000/v1", structured_mode="json_object_schema"
+        ),
     )
 }
 

@@ -264,6 +264,8 @@ class _Exchange:
                 raise DropConnection
         fault = choose_fault(self.profile, arrival.nth_request, fault_draw)
         digest = digest_of(draw_key)
+        if call.response_format in self.profile.refuse_response_formats:
+            return self.error(call, _refused_format(call), admission, digest)
         if fault in _ERROR_FAULTS:
             return self.error(call, self._fault_problem(fault, call, request), admission, digest)
         if fault == "dropped":
@@ -406,6 +408,17 @@ def _check_key(wire: Wire, profile: EndpointProfile, request: Request) -> Proble
 
 def _not_found(request: Request) -> Problem:
     return Problem("not_found", f"Invalid URL ({request.method} {request.url.path})")
+
+
+def _refused_format(call: ChatCall) -> Problem:
+    """The 500 a server gives a request shape it cannot handle (llama-cpp-python's server
+    fails inside its handler on ``json_schema``), identical for every such request."""
+    return Problem(
+        "server_error",
+        f"Internal Server Error: response_format type {call.response_format!r} is not "
+        "supported by this server",
+        model=call.model,
+    )
 
 
 def _quota_problem(call: ChatCall, admission: Admission) -> Problem:

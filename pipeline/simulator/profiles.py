@@ -140,6 +140,11 @@ class EndpointProfile(BaseModel):
         default=False,
         description="401 messages quote the presented key in full (a careless provider).",
     )
+    refuse_response_formats: list[str] = Field(
+        default_factory=list,
+        description="`response_format` types answered with an HTTP 500 every time, the way "
+        "llama-cpp-python's server answers `json_schema` (e.g. ['json_schema']).",
+    )
     seed: int = Field(default=0, description="Seed of fault and latency draws.")
 
     def __hash__(self) -> int:

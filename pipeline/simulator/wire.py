@@ -62,6 +62,7 @@ class ChatCall:
     max_tokens: int | None
     prompt_tokens: int
     tool_name: str | None = None
+    response_format: str | None = None  # the ``response_format.type`` sent, if any
 
     @property
     def cost(self) -> int:

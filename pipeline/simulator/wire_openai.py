@@ -18,6 +18,7 @@ Shapes follow the SDK's own types (``openai.types.chat.ChatCompletion``,
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -88,7 +89,7 @@ class OpenAIWire:
         if kind == "rate_limited":
             return 429, rate_limit_body(problem)
         if kind == "server_error":
-            return 500, error_body(SERVER_ERROR, "server_error")
+            return 500, error_body(problem.message or SERVER_ERROR, "server_error")
         if kind == "overloaded":
             return 503, error_body(OVERLOADED, "server_error")
         if kind == "auth":
@@ -130,7 +131,12 @@ def parse_chat_request(raw: bytes, overhead: tokens.Overhead | None = None) -> C
         raise BadRequest("you must provide a model parameter")
     messages = _messages(body.get("messages"))
     _check_unsupported(body)
-    schema, json_mode = _response_format(body.get("response_format"))
+    fmt = body.get("response_format")
+    schema, json_mode = _response_format(fmt)
+    if schema is None and body.get("guided_json") is not None:  # vLLM's own field
+        schema = _compile(body["guided_json"], "guided_json")
+    if schema is None:  # a model that follows a schema written into its prompt
+        schema = _prompted_schema(messages)
     return ChatCall(
         model=model,
         first_user_text=first_user_text(messages),
@@ -140,7 +146,30 @@ def parse_chat_request(raw: bytes, overhead: tokens.Overhead | None = None) -> C
         max_tokens=_max_tokens(body),
         prompt_tokens=tokens.prompt_tokens(messages)
         + structure_tokens(body, overhead or tokens.OVERHEADS["openai"]),
+        response_format=str(fmt.get("type")) if isinstance(fmt, dict) else None,
     )
+
+
+#: How a prompt introduces a JSON Schema for the answer (``structured.SCHEMA_PROMPT_HEAD``
+#: among others): the first JSON object after it is taken as the schema.
+_SCHEMA_IN_PROMPT = re.compile(r"JSON Schema:\s*", re.IGNORECASE)
+
+
+def _prompted_schema(messages: list[dict[str, Any]]) -> CompiledSchema | None:
+    """The schema a system message spells out, for answers that follow it (else None)."""
+    for m in messages:
+        content = m.get("content")
+        if m["role"] != "system" or not isinstance(content, str):
+            continue
+        found = _SCHEMA_IN_PROMPT.search(content)
+        if found is None:
+            continue
+        try:
+            value, _ = json.JSONDecoder().raw_decode(content, found.end())
+        except ValueError:
+            return None
+        return _compile(value, "messages") if isinstance(value, dict) else None
+    return None
 
 
 def structure_tokens(body: dict[str, Any], overhead: tokens.Overhead) -> int:
@@ -152,8 +181,10 @@ def structure_tokens(body: dict[str, Any], overhead: tokens.Overhead) -> int:
     """
     total = 0
     fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+    if isinstance(fmt, dict) and (fmt.get("type") == "json_schema" or "schema" in fmt):
         total += tokens.json_tokens(fmt) + overhead.format_prompt
+    if body.get("guided_json") is not None:
+        total += tokens.json_tokens(body["guided_json"]) + overhead.format_prompt
     tools = body.get("tools")
     if isinstance(tools, list) and tools:
         total += sum(tokens.json_tokens(tool) + overhead.per_tool for tool in tools)
@@ -202,8 +233,9 @@ def _response_format(value: Any) -> tuple[CompiledSchema | None, bool]:
     kind = value.get("type") if isinstance(value, dict) else None
     if kind == "text":
         return None, False
-    if kind == "json_object":
-        return None, True
+    if kind == "json_object":  # llama-cpp-python's server also takes a schema here
+        schema = value.get("schema")
+        return (_compile(schema, "response_format.schema") if schema else None), True
     if kind != "json_schema":
         raise BadRequest(
             f"Invalid value: {kind!r}. Supported values are: 'text', 'json_object', and "
@@ -218,14 +250,15 @@ def _response_format(value: Any) -> tuple[CompiledSchema | None, bool]:
             "response_format.json_schema",
             "missing_required_parameter",
         )
+    return _compile(spec.get("schema", {}), "response_format", spec["name"]), False
+
+
+def _compile(schema: Any, param: str, name: str | None = None) -> CompiledSchema:
     try:
-        return compiled_schema(spec.get("schema", {})), False
+        return compiled_schema(schema)
     except SchemaError as exc:
-        raise BadRequest(
-            f"Invalid schema for response_format '{spec['name']}': {exc}",
-            "response_format",
-            "invalid_json_schema",
-        ) from None
+        named = f" for response_format '{name}'" if name else f" in {param}"
+        raise BadRequest(f"Invalid schema{named}: {exc}", param, "invalid_json_schema") from None
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
