@@ -345,29 +345,34 @@ def bound_requests(draw: st.DrawFn) -> tuple[str, ChatRequest]:
             {"role": "assistant", "content": draw(TEXT)},
             {"role": "user", "content": "y" + draw(TEXT)},
         ]
+    from pipeline.providers.structured import MODES_OF_KIND
+
+    kind = draw(st.sampled_from(["openai", "openai_compatible", "mistral", "anthropic"]))
     request = ChatRequest(
         model="m",
         messages=messages,
         schema_name=draw(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)),
         json_schema=draw(json_schemas()),
         max_output_tokens=64,
-        structured_mode=draw(st.sampled_from(["json_schema", "tool"])),
+        structured_mode=draw(st.sampled_from(sorted(MODES_OF_KIND[kind]))),
     )
-    return draw(st.sampled_from(["openai", "openai_compatible", "mistral", "anthropic"])), request
+    return kind, request
 
 
 def _simulated_prompt_tokens(kind: str, request: ChatRequest) -> int:
     """What the simulator bills for the body ``kind``'s adapter sends for ``request``."""
     from pipeline.providers import anthropic as anthropic_adapter
     from pipeline.providers.bounds import schema_parts
+    from pipeline.providers.structured import openai_fields
     from pipeline.simulator.protocols import WIRES
 
     if kind == "anthropic":
         body = anthropic_adapter._params(request)
-    else:  # the adapters send the messages as they are, and the response format
-        protocol = "mistral" if kind == "mistral" else "openai"
-        (fmt,) = schema_parts(request, protocol)
+    elif kind == "mistral":  # the messages as they are, and the response format
+        (fmt,) = schema_parts(request, "mistral")
         body = {"model": "m", "messages": request.messages, "response_format": fmt}
+    else:  # what the structured mode asks for, prompted schemas in the messages included
+        body = {"model": "m", **openai_fields(request)}
     wire = {"openai": "openai", "openai_compatible": "gemini"}.get(kind, kind)
     return WIRES[wire].parse(json.dumps(body).encode()).prompt_tokens  # type: ignore[index]
 
