@@ -513,6 +513,12 @@ def format_summary(s: dict[str, Any], config: Path) -> str:
         )
     for i, (reason, n) in enumerate(s["not_succeeded_by_reason"].items()):
         lines.append(f"  {'not done' if i == 0 else '':<10} {n} × {reason}")
+    for i, d in enumerate(s.get("disabled", [])):
+        # "mistral-eu rejected the key (Invalid API Key): 7 chunk(s) not sent, 1 failed"
+        counts = [f"{d['not_sent']} chunk(s) not sent"] + (
+            [f"{d['failed']} failed"] * bool(d["failed"])
+        )
+        lines.append(f"  {'disabled' if i == 0 else '':<10} {d['why']}: {', '.join(counts)}")
     lines += [
         f"  data       {s['output_root']}",
         '  query      docroute sql "SELECT provider, sum(cost_usd) FROM ledger GROUP BY 1"'

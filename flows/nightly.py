@@ -253,5 +253,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
     if s["not_succeeded_by_reason"]:
         lines += ["", "| not succeeded, by reason | chunks |", "|---|---:|"]
         lines += [f"| {r} | {n} |" for r, n in s["not_succeeded_by_reason"].items()]
+    if s.get("disabled"):
+        lines += ["", "| disabled for the run | chunks not sent | failed |", "|---|---:|---:|"]
+        lines += [f"| {d['why']} | {d['not_sent']} | {d['failed']} |" for d in s["disabled"]]
     lines += ["", f"Data: `{s['output_root']}` (catalog `{s['catalog']}`)"]
     return "\n".join(lines)

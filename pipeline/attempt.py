@@ -170,6 +170,8 @@ class Attempt:
             )
         if isinstance(exc, errors.ProviderError):
             message = scrub(exc.message)
+            # An answer that failed validation still says which model wrote it.
+            model = reply.model_reported if reply is not None else None
             if exc.billing_unknown:
                 note = f"{exc.outcome}: {message} (booked at the reserved worst case: the "
                 note += "provider may have billed the call without saying so)"
@@ -180,10 +182,13 @@ class Attempt:
                     exc.http_status,
                     note,
                     exc.request_id,
+                    model,
                     cause=exc.outcome,
                 )
             cost = self._price(exc.usage)
-            return Booking(exc.outcome, exc.usage, cost, exc.http_status, message, exc.request_id)
+            return Booking(
+                exc.outcome, exc.usage, cost, exc.http_status, message, exc.request_id, model
+            )
         if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
             return Booking("interrupted", Usage(), self.reserve_usd, None, _INTERRUPTED)
         usage = reply.usage if reply is not None else Usage()

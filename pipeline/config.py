@@ -197,6 +197,11 @@ class RoutingConfig(_Model):
     """After this many chunks of one document failed the same way (answers cut off, invalid,
     too large, refused as a bad request), the rest of its chunks are skipped without a call
     (reason ``document_breaker``), so one bad document cannot eat the budget. 0: never."""
+    identical_errors_max: int = Field(default=3, ge=0)
+    """An endpoint that has not answered once in the run and gives one identical error
+    (same status and message) on this many distinct chunks is disabled for the run
+    (outcome ``endpoint_disabled``): a server refusing the request shape, not bad luck.
+    0: never."""
 
     @model_validator(mode="after")
     def _cascade_needs_strategy(self) -> RoutingConfig:

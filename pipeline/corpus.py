@@ -26,7 +26,13 @@ from pipeline.ingest import DocumentError, discover, extract_many
 from pipeline.ingest.frontmatter import read_front_matter
 from pipeline.ingest.stream import open_text_stream, should_stream
 from pipeline.models import Chunk, Document, DocumentStatus
-from pipeline.policy.residency import Decision, Metadata, Residency, extract_options
+from pipeline.policy.residency import (
+    Decision,
+    Metadata,
+    Residency,
+    extract_options,
+    unserved_warning,
+)
 from pipeline.store import DocumentRow
 
 __all__ = ["read_corpus"]
@@ -60,7 +66,7 @@ class _Reader:
     run_id: str
     counter: TokenCounter
     residency: Residency
-    _told: set[str] = field(default_factory=set)  # regions from metadata already warned of
+    _told: set[str] = field(default_factory=set)  # metadata region sets already warned of
 
     def items(self) -> Iterator[Chunk | DocumentRow]:
         c = self.cfg.corpus
@@ -161,15 +167,11 @@ class _Reader:
             )
         elif decision.rule.startswith("metadata:"):
             served = {p.region for p in self.cfg.providers}
-            for region in decision.regions:
-                if region not in served and region not in self._told:
-                    self._told.add(region)
-                    log.warning(
-                        "residency: region %r (metadata of %s) is served by no configured "
-                        "endpoint: its documents will fail with no_route",
-                        region,
-                        doc.path,
-                    )
+            told = ",".join(sorted(decision.regions))
+            line = unserved_warning(decision.regions, f"metadata of {doc.path}", served)
+            if line is not None and told not in self._told:  # once per set of regions
+                self._told.add(told)
+                log.warning("residency: %s", line)
         return decision
 
     def _row(

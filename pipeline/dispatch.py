@@ -18,12 +18,18 @@ before the call and settled with the reported usage after it. Then:
                                 answer is kept: ``succeeded`` with reason ``low_confidence``
 - transient (429, 5xx, …)     → backoff (``retry-after`` wins) and retry, then next candidate
 - terminal (auth, 400, …)     → next candidate (auth also disables the provider)
+- an endpoint that never answers but repeats one error on several chunks → disabled for
+                                the run (``EndpointHealth``); its chunks say so (below)
 - reservation impossible      → ``on_exhausted="stop"``: ``skipped`` (no call made) or
                                 ``failed``: ``budget_exhausted``; ``"downgrade"``: only
                                 cheaper candidates from then on (run-wide for the run cap)
 - no candidate fits the window → ``failed``: ``context_exceeded``, without any call
 - no allowed candidate        → ``failed``: ``no_route``, without any call (also when every
-                                candidate was disabled or went to rest after planning)
+                                candidate went to rest after planning)
+- its endpoints were disabled  → ``failed``: ``auth_error`` ("not sent: mistral-eu rejected the
+                                key (…)") or ``endpoint_disabled`` ("… disabled after 3
+                                identical errors: HTTP 500 …"), also for a chunk whose last
+                                call went to the endpoint that was then disabled
 - its document keeps failing  → ``skipped``: ``document_breaker``, without any call, once
                                 ``document_failures_max`` of its chunks failed the same way
 
@@ -51,9 +57,11 @@ from pipeline.models import BatchOutcome, Chunk, LedgerEntry, Outcome, Result, U
 from pipeline.policy import (
     BudgetGuard,
     Cheapest,
+    Disabled,
     DocumentBreaker,
     Endpoint,
     EndpointGate,
+    EndpointHealth,
     Exclusion,
     ExclusionReason,
     Router,
@@ -97,6 +105,9 @@ class DispatchSettings:
     """What a reservation that no longer fits does (``budget.on_exhausted``)."""
     document_failures_max: int = 5
     """Chunks of one document failing the same way before the rest of it is skipped."""
+    identical_errors_max: int = 3
+    """Distinct chunks an endpoint that never answered gives one identical error before it
+    is disabled for the run (``pipeline.policy.health``)."""
 
 
 #: Times a chunk waits for endpoints that went to rest after it was planned, before it
@@ -124,6 +135,7 @@ class _Job:
     last_error: str | None = None
     output: str | None = None
     endpoint: Endpoint | None = None
+    called: Endpoint | None = None  # where the last call went
     excluded: list[Exclusion] = field(default_factory=list)
     fallback: tuple[str, Endpoint, str] | None = None  # valid but not confident: kept
     shortfall: str | None = None  # why the budget refused the last candidate (downgrade)
@@ -157,6 +169,7 @@ class Dispatcher:
         self.strategy = settings.strategy
         self.gates: dict[str, EndpointGate] = dict(gates or {})
         self.breaker = DocumentBreaker(settings.document_failures_max)
+        self.health = EndpointHealth(settings.identical_errors_max)
 
     def gate(self, provider: str) -> EndpointGate:
         """The quota and cooldown gate of ``provider`` (unlimited unless configured)."""
@@ -232,7 +245,9 @@ class Dispatcher:
         job.excluded.extend(plan.excluded)
         candidates = plan.candidates
         if not candidates:
-            self._record_refusal(job, *plan.refusal(job.chunk))
+            outcome, why = plan.refusal(job.chunk)
+            if outcome != "no_route" or not self._ended_by_disabling(job):
+                self._record_refusal(job, outcome, why)
             return
         for _ in range(_REST_ROUNDS):  # they may go to rest after planning: wait, then again
             job.unavailable.clear()
@@ -241,23 +256,25 @@ class Dispatcher:
             await self._walk(job, self._balance(usable, estimate), messages, estimate)
             if not job.unavailable or job.attempts or job.last_outcome is not None:
                 break
-            if all(self.router.is_disabled(e.provider) for e in candidates):
+            if all(self._out(e) for e in candidates):
                 break
         if job.output is None and job.shortfall is not None:
             self._record_refusal(job, "budget_exhausted", job.shortfall)
+        elif self._ended_by_disabling(job):
+            return  # its result says which endpoint was taken out, and why
         elif job.attempts == 0 and job.last_outcome is None and job.unavailable:
             gone = ", ".join(f"{k} ({why})" for k, why in job.unavailable.items())
             self._record_refusal(job, "no_route", f"no allowed endpoint was available: {gone}")
 
     async def _rest_if_all_cooling(self, candidates: list[Endpoint]) -> None:
         """Every allowed endpoint rests: wait for the first to come back, never fail for it."""
-        live = [e for e in candidates if not self.router.is_disabled(e.provider)]
+        live = [e for e in candidates if not self._out(e)]
         if live and all(self.gate(e.provider).cooling() for e in live):
             await self._sleep(min(self.gate(e.provider).cooling_for() for e in live))
 
     def _unavailable(self, endpoint: Endpoint) -> ExclusionReason | None:
         """Why ``endpoint`` takes no call right now, or None."""
-        if self.router.is_disabled(endpoint.provider):
+        if self._out(endpoint):
             return "disabled"
         if self.gate(endpoint.provider).cooling():
             return "cooling_down"
@@ -350,8 +367,11 @@ class Dispatcher:
                 await self._sleep(self._backoff(transient, exc.retry_after))
                 continue
             except errors.TerminalError as exc:
-                if isinstance(exc, errors.AuthError) and self.router.disable(endpoint.provider):
-                    log.warning("disabling %s for this run: %s", endpoint.provider, exc.message)
+                if isinstance(exc, errors.AuthError):
+                    self.router.disable(endpoint.provider)
+                    gone = self.health.reject_key(endpoint, exc.message)
+                    if gone is not None:
+                        log.warning("disabling %s for this run: %s", endpoint.provider, gone.why)
                 return _Next.NEXT
             doubt = self.strategy.judge(output)
             if doubt is not None:
@@ -412,8 +432,8 @@ class Dispatcher:
         async with gate.slot(prompt_token_estimate(messages, job.chunk.token_estimate) + max_out):
             try:
                 async with attempt:
-                    job.attempts, job.shortfall = number, None
-                    reply = await self._complete(endpoint, request, gate)
+                    job.attempts, job.shortfall, job.called = number, None, endpoint
+                    reply = await self._complete(endpoint, request, gate, job.chunk.chunk_id)
                     attempt.answered(reply)
                     return validate_reply(reply, self.schema)
             finally:
@@ -421,12 +441,21 @@ class Dispatcher:
                     job.last_outcome, job.last_error = attempt.reason, attempt.entry.error
 
     async def _complete(
-        self, endpoint: Endpoint, request: ChatRequest, gate: EndpointGate
+        self, endpoint: Endpoint, request: ChatRequest, gate: EndpointGate, chunk_id: str
     ) -> ProviderReply:
-        """The provider's answer; what it says about its quota and health goes to the gate."""
+        """The provider's answer; what it says about its quota and health goes to the gate,
+        and whether it answered at all to ``self.health``."""
         try:
-            reply = await self.providers[endpoint.provider].complete(request)
+            with self.health.call(endpoint, chunk_id) as call:
+                try:
+                    reply = await self.providers[endpoint.provider].complete(request)
+                except errors.ProviderError as exc:
+                    call.failed(exc)
+                    raise
+                call.answered()
         except errors.ProviderError as exc:
+            if call.disabled is not None:
+                log.warning("disabling %s for this run: %s", endpoint.key, call.disabled.why)
             gate.observe(exc.limits)
             if isinstance(exc, errors.RateLimited):
                 gate.pause(exc.retry_after or self.settings.backoff_initial_s)
@@ -436,6 +465,36 @@ class Dispatcher:
         gate.observe(reply.limits)
         gate.record_success()
         return reply
+
+    def _out(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` is taken out for the run (a rejected key, repeated errors)."""
+        return self.router.is_disabled(endpoint.provider) or self.health.out(endpoint) is not None
+
+    def _ended_by_disabling(self, job: _Job) -> bool:
+        """Record why a chunk ended if it is because endpoints it may use were disabled
+        for the run: ``auth_error`` or ``endpoint_disabled`` with the reason, not a
+        ``no_route`` (never sent) or the last call's transient error (sent)."""
+        if job.output is not None or job.fallback is not None:
+            return False
+        if job.ledger and job.ledger[-1].attempt == 0:
+            return False  # already refused for a reason of its own (the budget)
+        if job.attempts:
+            gone = self.health.out(job.called) if job.called is not None else None
+            if gone is None:
+                return False
+            job.last_outcome, job.last_error = gone.outcome, gone.why
+            return True
+        allowed = [e for e in self.router.endpoints if e.region in job.chunk.regions]
+        found: dict[Disabled, None] = {}
+        for e in allowed:
+            why = self.health.out(e)
+            if why is not None:
+                found[why] = None
+        if not found:
+            return False
+        first = next(iter(found))
+        self._record_refusal(job, first.outcome, "not sent: " + "; ".join(d.why for d in found))
+        return True
 
     def _backoff(self, retry: int, retry_after: float | None) -> float:
         s = self.settings

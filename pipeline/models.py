@@ -35,6 +35,7 @@ Outcome = Literal[
     "uncertain",  # the request left but no answer said what it cost: its reserved worst case
     "output_truncated",  # the answer was cut off at the output cap (billed as reported)
     "document_breaker",  # not sent: too many chunks of its document failed the same way
+    "endpoint_disabled",  # the endpoint repeated one error until it was disabled for the run
 ]
 
 #: Ledger outcomes booked at the reserved worst case rather than at reported usage.

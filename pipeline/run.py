@@ -461,6 +461,7 @@ class Run:
         ).rows
         p = self.progress
         worst_usd, worst = worst_case_spend(self.store, self.run_id)
+        disabled = self._disabled()
         return {
             "run_id": self.run_id,
             "parent_run_id": self.parent_run_id,
@@ -474,6 +475,7 @@ class Run:
             "spend_usd": self.budget.spent_usd,
             "spend_worst_case_usd": worst_usd,
             "worst_case_attempts": worst,
+            "disabled": disabled,
             "advice": self._advice(dict(reasons)),
             "budget_usd": self.cfg.budget.run_usd,
             "spend_by_provider": {
@@ -485,6 +487,20 @@ class Run:
             if self.store.remote
             else str(self.store.catalog_path),
         }
+
+    def _disabled(self) -> list[dict[str, Any]]:
+        """Chunks that ended because an endpoint was taken out for the run, grouped by why:
+        ``[{"why": "mistral-eu rejected the key (…)", "not_sent": 7, "failed": 1}]``
+        (``failed``: their last call went to it before it was disabled)."""
+        rows = self.store.read(
+            "SELECT regexp_replace(error, '^not sent: ', '') AS why, "
+            "count(*) FILTER (WHERE attempts = 0), count(*) FILTER (WHERE attempts > 0) "
+            "FROM results WHERE run_id = ? AND status <> 'succeeded' "
+            f"AND reason IN ({', '.join(repr(r) for r in _DISABLED)}) "
+            "GROUP BY 1 ORDER BY 2 DESC, 3 DESC, 1",
+            [self.run_id],
+        ).rows
+        return [{"why": why, "not_sent": unsent, "failed": sent} for why, unsent, sent in rows]
 
     def _advice(self, reasons: dict[str, int]) -> list[str]:
         """Which setting to change for the failures a setting can fix."""
@@ -498,6 +514,13 @@ class Run:
                 f"{self.run_id} --reason output_truncated --set task.max_output_tokens="
                 f"{2 * cap}`"
             )
+        keys = reasons.get("auth_error", 0)
+        if keys:
+            out.append(
+                f"{keys} chunk(s) ended on a rejected key: check the key in the variable the "
+                f"provider's api_key_env names, then `docroute rerun {self.run_id} --reason "
+                "auth_error`"
+            )
         stopped = reasons.get("document_breaker", 0)
         if stopped:
             out.append(
@@ -507,6 +530,10 @@ class Run:
                 "'succeeded' GROUP BY ALL\"`"
             )
         return out
+
+
+#: Result reasons of chunks that ended because an endpoint was disabled for the run.
+_DISABLED = ("auth_error", "endpoint_disabled")
 
 
 def _dispatch_settings(cfg: Config, default_instructions: str) -> DispatchSettings:
@@ -526,6 +553,7 @@ def _dispatch_settings(cfg: Config, default_instructions: str) -> DispatchSettin
         strategy=strategy_from_config(r, get_schema(cfg.task.schema_name).model.model_fields),
         on_exhausted=cfg.budget.on_exhausted,
         document_failures_max=r.document_failures_max,
+        identical_errors_max=r.identical_errors_max,
     )
 
 

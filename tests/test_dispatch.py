@@ -194,7 +194,8 @@ def test_every_eu_endpoint_down_fails_without_touching_the_us(simulator: Any) ->
     chunks = [_chunk(n=i) for i in range(5)]
     results, ledger = h.run(chunks)
     assert {r.status for r in results} == {"failed"}
-    assert {r.reason for r in results} == {"server_error"}
+    # Both keep failing the same way: they may be disabled for the run before the end.
+    assert {r.reason for r in results} <= {"server_error", "endpoint_disabled"}
     assert simulator.requests("us-a") == []
     assert {e.region for e in ledger} == {"eu"}
 
@@ -436,3 +437,167 @@ def test_an_endpoint_gone_after_planning_gives_no_route_with_a_reason(
     assert f"eu-a/model-eu-a ({why})" in (result.error or "")
     assert [(e.outcome, e.cost_usd) for e in ledger] == [("no_route", 0.0)]
     assert simulator.requests() == []
+
+
+# -- errors that say what happened ------------------------------------------------------
+
+
+def _break_key(h: Harness, simulator: Any, name: str) -> None:
+    """``name``'s adapter presents a key its simulated endpoint refuses."""
+    from pydantic import SecretStr
+
+    h.providers[name] = build_provider(
+        "openai",
+        EndpointSettings(
+            name=name,
+            base_url=f"{simulator.url}/{name}/v1",
+            api_key=SecretStr("sk-wrong-key-456"),
+            timeout_s=10,
+            strict_validation=True,
+        ),
+    )
+    h.dispatcher.providers = h.providers
+
+
+def test_chunks_after_a_rejected_key_say_so_instead_of_no_route(simulator: Any) -> None:
+    h = Harness(
+        simulator,
+        [
+            ("eu-a", "eu", 0.1, EndpointProfile(api_key="sk-the-right-key-123")),
+            ("us-a", "us", 0.2, EndpointProfile()),
+        ],
+        concurrency=1,
+    )
+    _break_key(h, simulator, "eu-a")
+    chunks = [_chunk(n=i) for i in range(3)] + [_chunk(regions=("eu", "us"), n=3)]
+    results, ledger = h.run(chunks)
+    by_id = {r.chunk_id: r for r in results}
+    assert len(simulator.requests("eu-a")) == 1, "one 401, then the provider is out"
+    called, *unsent = (by_id[f"chunk-{i}"] for i in range(3))
+    assert (called.status, called.reason, called.attempts) == ("failed", "auth_error", 1)
+    assert (called.error or "").startswith("eu-a rejected the key (Incorrect API key")
+    for r in unsent:
+        assert (r.status, r.reason, r.attempts) == ("failed", "auth_error", 0)
+        assert (r.error or "").startswith("not sent: eu-a rejected the key (Incorrect API key")
+    refusals = [e for e in ledger if e.attempt == 0]
+    assert [(e.outcome, e.cost_usd) for e in refusals] == [("auth_error", 0.0)] * 2
+    assert all("sk-wrong-key-456" not in (e.error or "") for e in ledger)
+    other = by_id["chunk-3"]
+    assert (other.status, other.provider) == ("succeeded", "us-a"), "a live endpoint serves it"
+    first = next(e for e in ledger if e.provider == "eu-a")
+    assert first.outcome == "auth_error" and "Incorrect API key" in (first.error or "")
+
+
+def test_an_endpoint_that_repeats_one_error_and_never_answers_is_disabled(
+    simulator: Any,
+) -> None:
+    """Every request gets the same 500 (a server that refuses the request shape): after
+    identical errors on three chunks the endpoint is out, the rest are not sent."""
+    h = Harness(
+        simulator,
+        [("eu-a", "eu", 0.1, EndpointProfile(rate_500=1.0))],
+        concurrency=1,
+        retries_per_endpoint=2,
+        cooldown_after=100,  # this harness's sleeps take no time: a cooldown never ends
+    )
+    results, ledger = h.run([_chunk(n=i) for i in range(10)])
+    # chunk 0: 3 attempts, chunk 1: 3, chunk 2: 1, then disabled (today: 30 attempts).
+    assert len(simulator.requests("eu-a")) == 7
+    assert sum(e.attempt > 0 for e in ledger) == 7
+    assert {r.status for r in results} == {"failed"}
+    reasons = sorted((r.reason or "", r.attempts) for r in results)
+    assert (
+        reasons
+        == [("endpoint_disabled", 0)] * 7 + [("endpoint_disabled", 1)] + [("server_error", 3)] * 2
+    )
+    unsent = [r for r in results if r.attempts == 0]
+    assert all(
+        (r.error or "").startswith(
+            "not sent: eu-a/model-eu-a disabled after 7 identical errors: HTTP 500 The server "
+            "had an error"
+        )
+        for r in unsent
+    )
+    assert [e.outcome for e in ledger if e.attempt == 0] == ["endpoint_disabled"] * 7
+    assert h.dispatcher.health.out(h.dispatcher.router.endpoints[0]) is not None
+
+
+@pytest.mark.parametrize("concurrency", [1, 10])
+def test_random_500s_with_the_same_message_are_still_retried(
+    simulator: Any, concurrency: int
+) -> None:
+    """A flaky endpoint's 500s carry one message too, but it answers in between: it is
+    never disabled and every chunk completes."""
+    h = Harness(
+        simulator,
+        [("eu-a", "eu", 0.1, EndpointProfile(rate_500=0.3, seed=7))],
+        concurrency=concurrency,
+        retries_per_endpoint=8,
+        max_attempts=10,
+        cooldown_after=100,
+    )
+    results, ledger = h.run([_chunk(n=i) for i in range(10)])
+    assert [r.status for r in results] == ["succeeded"] * 10
+    assert any(e.outcome == "server_error" for e in ledger), "faults were injected"
+    assert h.dispatcher.health.disabled() == []
+
+
+def test_an_endpoint_that_answered_once_is_never_disabled_for_repeats(simulator: Any) -> None:
+    script = ["none"] + ["server_error"] * 12
+    h = Harness(
+        simulator,
+        [("eu-a", "eu", 0.1, EndpointProfile(script=script))],  # type: ignore[arg-type]
+        concurrency=1,
+        retries_per_endpoint=2,
+        cooldown_after=100,
+    )
+    results, _ = h.run([_chunk(n=i) for i in range(5)])
+    assert len(simulator.requests("eu-a")) == 1 + 4 * 3, "every chunk keeps its retries"
+    assert [r.reason for r in results] == [None] + ["server_error"] * 4
+
+
+def test_a_refused_connection_is_booked_at_zero_and_disables_after_three_chunks(
+    simulator: Any,
+) -> None:
+    import socket
+
+    from pydantic import SecretStr
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    h = Harness(
+        simulator, [("eu-a", "eu", 0.1, EndpointProfile())], concurrency=1, cooldown_after=100
+    )
+    h.providers["eu-a"] = build_provider(
+        "openai",
+        EndpointSettings(
+            name="eu-a",
+            base_url=f"http://127.0.0.1:{port}/v1",
+            api_key=SecretStr("sk-test-key-000"),
+            timeout_s=5,
+        ),
+    )
+    h.dispatcher.providers = h.providers
+    results, ledger = h.run([_chunk(n=i) for i in range(5)])
+    calls = [e for e in ledger if e.attempt > 0]
+    assert len(calls) == 7
+    for e in calls:
+        assert (e.outcome, e.cost_usd, e.http_status) == ("connection_error", 0.0, None)
+        assert e.error == f"could not connect to http://127.0.0.1:{port}/v1/chat/completions " + (
+            "(connection refused)"
+        )
+    assert (
+        sorted(r.reason or "" for r in results)
+        == ["connection_error"] * 2 + ["endpoint_disabled"] * 3
+    )
+
+
+def test_an_invalid_answer_keeps_the_model_the_provider_reported(simulator: Any) -> None:
+    h = Harness(simulator, [("eu-a", "eu", 0.1, EndpointProfile(invalid_first=1))])
+    (result,), ledger = h.run([_chunk()])
+    assert [(e.outcome, e.model_reported) for e in ledger] == [
+        ("invalid_output", "model-eu-a"),
+        ("ok", "model-eu-a"),
+    ]
+    assert result.status == "succeeded"

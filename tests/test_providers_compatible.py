@@ -112,11 +112,12 @@ def test_gemini_array_error_bodies_give_the_type_and_a_readable_message(
         assert exc.retry_after == 5.0
 
 
-def test_without_the_preset_the_array_body_is_not_read(simulator: Any) -> None:
+def test_without_the_preset_the_array_body_still_gives_the_servers_words(simulator: Any) -> None:
     url = simulator.add_endpoint("gem", EndpointProfile(protocol="gemini", script=["auth"]))
     exc = _complete(url, preset=None)
     assert type(exc) is errors.AuthError, "the status alone still gives the type"
-    assert "API key not valid" not in exc.message, "the quirk is what reads the message"
+    assert "API key not valid" in exc.message, "every ledger error keeps the server's words"
+    assert not exc.message.endswith(")"), "Google's status is what the preset's reader adds"
 
 
 @pytest.mark.parametrize("preset", ["groq", "together", "xai", "vllm", "ollama"])

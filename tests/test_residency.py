@@ -256,3 +256,25 @@ def test_front_matter_eu_is_never_sent_to_the_us_even_when_globs_allow_it(
     assert eu_doc == {("metadata:residency", "eu")}
     plain = {region for path, _, region in rows if path == "us/plain.md"}
     assert plain == {"us"}, "the glob allows both; the cheapest (us) is taken"
+
+
+def test_a_rule_that_also_allows_a_served_region_is_not_warned_of(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("path,regions\nb.md,eu;ch\nc.md,ch\nd.md,ch\n")
+    config = _config(
+        tmp_path,
+        _corpus(tmp_path, {"a.md": "A.\n", "b.md": "B.\n", "c.md": "C.\n", "d.md": "D.\n"}),
+        residency_manifest="m.csv",
+        residency=[
+            {"match": "both/**", "regions": ["eu", "us"]},
+            {"match": "swiss/**", "regions": ["ch", "li"]},
+        ],
+        residency_default=["eu", "moon"],
+    )
+    cfg = load_config(config)
+    lines = Residency.from_config(cfg.corpus).unserved({"eu"})
+    assert lines == [
+        "regions 'ch', 'li' (corpus.residency[1] (swiss/**)) are served by no configured "
+        "endpoint: its documents will fail with no_route",
+        "region 'ch' (manifest:m.csv:3 and 1 more entries) is served by no configured "
+        "endpoint: its documents will fail with no_route",
+    ]

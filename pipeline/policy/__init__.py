@@ -2,6 +2,7 @@
 
 from pipeline.policy.breaker import DocumentBreaker
 from pipeline.policy.budget import MONTH_WINDOW_S, BudgetGuard, Hold, Shortfall
+from pipeline.policy.health import Disabled, EndpointHealth
 from pipeline.policy.limits import EndpointGate
 from pipeline.policy.residency import Decision, Residency
 from pipeline.policy.routing import (
@@ -28,9 +29,11 @@ __all__ = [
     "Cascade",
     "Cheapest",
     "Decision",
+    "Disabled",
     "DocumentBreaker",
     "Endpoint",
     "EndpointGate",
+    "EndpointHealth",
     "Exclusion",
     "ExclusionReason",
     "Hold",

@@ -46,7 +46,7 @@ from pipeline.ingest.frontmatter import read_front_matter
 from pipeline.models import Document, stable_id
 from pipeline.policy.manifest import Manifest, load_manifest, parse_regions
 
-__all__ = ["METADATA_SUFFIXES", "Decision", "Residency", "extract_options"]
+__all__ = ["METADATA_SUFFIXES", "Decision", "Residency", "extract_options", "unserved_warning"]
 
 log = logging.getLogger(__name__)
 
@@ -145,30 +145,43 @@ class Residency:
         found: Metadata = self._last[1]
         return found
 
-    def regions_named(self) -> dict[str, str]:
-        """Every region the config's rules, default and manifest name, each with where
-        it is first named (``corpus.residency[0] (eu/**)``)."""
-        named: dict[str, str] = {}
-        for i, (pattern, regions) in enumerate(self.rules):
-            for r in regions:
-                named.setdefault(r, f"corpus.residency[{i}] ({pattern})")
-        for r in self.default or ():
-            named.setdefault(r, "corpus.residency_default")
-        if self.manifest is not None:
-            for entry in self.manifest.entries.values():
-                for r in entry.regions:
-                    named.setdefault(r, self.manifest.rule(entry))
-        return named
-
     def unserved(self, served: Iterable[str]) -> list[str]:
-        """Sentences about each region the config names that no endpoint serves."""
+        """Sentences about each rule (glob, default, manifest entries) whose every allowed
+        region no endpoint serves: its documents will fail with ``no_route``.
+
+        A rule that allows ``[eu, us]`` with only ``eu`` served says nothing: its documents
+        go to ``eu``. Manifest entries with the same regions are one sentence.
+        """
         served = set(served)
-        return [
-            f"region {region!r} ({where}) is served by no configured endpoint: its "
-            "documents will fail with no_route"
-            for region, where in self.regions_named().items()
-            if region not in served
+        found = [
+            unserved_warning(regions, f"corpus.residency[{i}] ({pattern})", served)
+            for i, (pattern, regions) in enumerate(self.rules)
         ]
+        found.append(unserved_warning(self.default or (), "corpus.residency_default", served))
+        if self.manifest is not None:
+            groups: dict[tuple[str, ...], list[str]] = {}
+            for entry in self.manifest.entries.values():
+                groups.setdefault(entry.regions, []).append(self.manifest.rule(entry))
+            for regions, rules in groups.items():
+                more = f" and {len(rules) - 1} more entries" if len(rules) > 1 else ""
+                found.append(unserved_warning(regions, rules[0] + more, served))
+        return [line for line in found if line is not None]
+
+
+def unserved_warning(regions: Sequence[str], where: str, served: Iterable[str]) -> str | None:
+    """The start-up warning for documents ``where`` decides, when none of their ``regions``
+    is served (None when one is, or when there are none: an explicit deny).
+
+    >>> unserved_warning(("ch",), "corpus.residency[0] (ch/**)", {"eu"})[:47]
+    "region 'ch' (corpus.residency[0] (ch/**)) is se"
+    >>> unserved_warning(("eu", "us"), "default", {"eu"}) is None
+    True
+    """
+    if not regions or set(regions) & set(served):
+        return None
+    named = ", ".join(repr(r) for r in regions)
+    what = f"region {named} ({where}) is" if len(regions) == 1 else f"regions {named} ({where}) are"
+    return f"{what} served by no configured endpoint: its documents will fail with no_route"
 
 
 def _read_metadata(root: Path, path: str, options: ExtractOptions) -> Metadata:

@@ -30,8 +30,11 @@ from pipeline.providers.base import ChatRequest, EndpointSettings, ProviderReply
 from pipeline.providers.errmap import (
     Fields,
     by_status,
+    cap,
+    connect_failure,
     mentions_context_overflow,
     protocol_violation,
+    server_message,
     timed_out,
     transport,
 )
@@ -163,10 +166,12 @@ def normalise_usage(usage: Any) -> Usage:
 
 
 def _translate(exc: anthropic.AnthropicError, fields: Fields) -> errors.ProviderError:
-    if isinstance(exc, anthropic.APITimeoutError):  # before its base, APIConnectionError
-        return transport(timed_out(exc), _message(exc), fields, cause=exc)
     if isinstance(exc, anthropic.APIConnectionError):
-        return transport(False, _message(exc), fields, cause=exc)
+        # "Connection error." / "Request timed out." say less than the OS's reason.
+        message = scrub(connect_failure(exc, exc.request.url)) or _message(exc)
+        # APITimeoutError is an APIConnectionError; aiohttp's errors are not all timeouts.
+        late = isinstance(exc, anthropic.APITimeoutError) and timed_out(exc)
+        return transport(late, message, fields, cause=exc)
     if isinstance(exc, anthropic.APIResponseValidationError):
         return protocol_violation(_message(exc), _with_response(fields, exc))
     if isinstance(exc, anthropic.APIStatusError):
@@ -176,7 +181,7 @@ def _translate(exc: anthropic.AnthropicError, fields: Fields) -> errors.Provider
             message,
             _with_response(fields, exc),
             headers=exc.response.headers,
-            context_exceeded=mentions_context_overflow(exc.api_message, exc.error_code),
+            context_exceeded=mentions_context_overflow(message, exc.error_code),
         )
     # Not an HTTP exchange (credentials, client misuse): this endpoint cannot serve it.
     return fields.error(errors.BadRequest, _message(exc))
@@ -196,6 +201,10 @@ def _with_response(
 
 
 def _message(exc: anthropic.AnthropicError) -> str:
-    """The API's own words when it sent some (``error.message``), else the SDK's."""
-    said = getattr(exc, "api_message", None) or getattr(exc, "message", None) or str(exc)
-    return scrub(str(said)) or type(exc).__name__
+    """The API's own words when it sent some (``error.message``, or whatever another
+    server's body says: ``server_message``), else the SDK's."""
+    said = getattr(exc, "api_message", None)
+    if not said and isinstance(exc, anthropic.APIStatusError):
+        said = server_message(exc.body)
+    said = said or getattr(exc, "message", None) or str(exc)
+    return cap(scrub(str(said)) or type(exc).__name__)

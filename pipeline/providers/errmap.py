@@ -8,9 +8,14 @@ Each adapter reads its SDK's exception (status, headers, body) and calls ``by_st
 
 from __future__ import annotations
 
+import json
+import os
 import re
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import httpx2
@@ -130,6 +135,16 @@ _NOT_SENT_HTTPX: tuple[type[BaseException], ...] = (
 )
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its causes, outermost first (chains are short; a cycle must not hang us)."""
+    seen: BaseException | None = exc
+    for _ in range(32):
+        if seen is None:
+            return
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
 def never_sent(exc: BaseException) -> bool:
     """Whether ``exc``'s chain proves no byte of the request was sent.
 
@@ -137,11 +152,7 @@ def never_sent(exc: BaseException) -> bool:
     ``ConnectTimeout`` (a server that hung up mid-request included), so an aiohttp error in
     the chain is the one that decides.
     """
-    chain: list[BaseException] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(chain) < 32:  # chains are short; a cycle must not hang us
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
+    chain = list(_chain(exc))
     first_aiohttp = next((e for e in chain if isinstance(e, aiohttp.ClientConnectionError)), None)
     if first_aiohttp is not None:
         return isinstance(first_aiohttp, _NOT_SENT_AIOHTTP)
@@ -161,3 +172,89 @@ def timed_out(exc: BaseException) -> bool:
             return isinstance(seen, TimeoutError)  # ServerTimeoutError is both
         seen = seen.__cause__ or seen.__context__
     return True
+
+
+#: The most of a server's own words an error message keeps (a proxy's HTML page can be
+#: many kilobytes; the ledger wants the sentence, not the page).
+MESSAGE_CAP = 500
+
+
+def cap(text: str, limit: int = MESSAGE_CAP) -> str:
+    """``text`` on one line, at most ``limit`` characters (scrub it first: a key cut in
+    half would no longer look like a key)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def server_message(body: Any) -> str | None:
+    """What an error body says, whatever its shape, or None when it says nothing.
+
+    Reads ``{"error": {"message": …}}`` (OpenAI, llama.cpp, vLLM), ``{"error": "…"}``
+    (Ollama), ``{"message": …}`` (Mistral), FastAPI's ``{"detail": "…"}`` and
+    ``{"detail": [{"msg": …}, …]}`` (llama-cpp-python), a JSON array of those (Google),
+    and any other text as it is (a plain-text or HTML body). ``body`` is what the SDK kept:
+    decoded JSON, or the raw text.
+    """
+    if isinstance(body, str | bytes):
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        try:
+            decoded = json.loads(text)
+        except ValueError:
+            return text.strip() or None
+        return server_message(decoded) if isinstance(decoded, dict | list) else text.strip()
+    if isinstance(body, list):
+        return server_message(body[0]) if body else None
+    if not isinstance(body, dict):
+        return None
+    for key in ("error", "message", "detail", "msg"):
+        found = _said_by(body.get(key))
+        if found:
+            return found
+    return None
+
+
+def _said_by(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, dict):
+        return server_message(value)
+    if isinstance(value, list):  # FastAPI's validation errors: one message per problem
+        parts = [server_message(v) if isinstance(v, dict) else str(v) for v in value]
+        return "; ".join(p for p in parts if p) or None
+    return None
+
+
+def connect_failure(exc: BaseException, url: Any) -> str | None:
+    """``could not connect to http://host:port/v1 (connection refused)`` when ``exc``'s
+    chain shows the connection was never made, else None.
+
+    The SDKs' aiohttp transport words a refused connection as "Request timed out."; the
+    OS's reason is further down the chain. ``url`` loses its query and credentials.
+    """
+    if not never_sent(exc):
+        return None
+    return f"could not connect to {_plain_url(str(url))} ({_connect_reason(exc)})"
+
+
+def _plain_url(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def _connect_reason(exc: BaseException) -> str:
+    """The OS's reason (an errno, anywhere in the chain) wins over the SDK's wrapper, which
+    may be a ``ConnectTimeout`` for any aiohttp failure."""
+    chain = list(_chain(exc))
+    for seen in chain:
+        if isinstance(seen, socket.gaierror | aiohttp.ClientConnectorDNSError):
+            return "the host name does not resolve"
+        if isinstance(seen, OSError) and seen.errno:
+            return os.strerror(seen.errno).lower()
+    for seen in chain:
+        if isinstance(seen, aiohttp.ConnectionTimeoutError | httpx2.ConnectTimeout):
+            return "timed out connecting"
+        if isinstance(seen, httpx2.PoolTimeout):
+            return "no pooled connection became free in time"
+    return type(chain[-1]).__name__

@@ -30,8 +30,11 @@ from pipeline.providers.base import ChatRequest, EndpointSettings, ProviderReply
 from pipeline.providers.errmap import (
     Fields,
     by_status,
+    cap,
+    connect_failure,
     mentions_context_overflow,
     protocol_violation,
+    server_message,
     transport,
 )
 from pipeline.providers.headers import mistral_limits
@@ -145,7 +148,8 @@ def _translate(
     exc: errors.MistralError | errors.NoResponseError | httpx2.RequestError, fields: Fields
 ) -> docroute_errors.ProviderError:
     if isinstance(exc, httpx2.RequestError):
-        message = scrub(str(exc)) or type(exc).__name__
+        refused = connect_failure(exc, exc.request.url)  # "All connection attempts failed"
+        message = cap(scrub(refused or str(exc)) or type(exc).__name__)
         return transport(isinstance(exc, httpx2.TimeoutException), message, fields, cause=exc)
     if isinstance(exc, errors.NoResponseError):
         return transport(False, scrub(exc.message) or "no response", fields, cause=exc)
@@ -158,7 +162,7 @@ def _translate(
         limits=mistral_limits(headers),
     )
     said, code = _said(exc.body)
-    message = scrub(said or exc.message) or type(exc).__name__
+    message = cap(scrub(said or exc.message) or type(exc).__name__)
     if isinstance(exc, errors.ResponseValidationError) or exc.status_code < 400:
         # A 200 that is not the protocol's body (the SDK's "Unexpected response received").
         return protocol_violation(message, fields)
@@ -172,21 +176,14 @@ def _translate(
 
 
 def _said(body: str | None) -> tuple[str | None, str | None]:
-    """``(message, code)`` from a JSON error body: ``{"message": …, "code": …}``,
-    ``{"error": {"message": …}}`` or a 422's ``{"detail": [{"msg": …}, …]}``."""
+    """``(message, code)`` from an error body: ``{"message": …, "code": …}``,
+    ``{"error": {"message": …}}``, a 422's ``{"detail": [{"msg": …}, …]}``, or any other
+    shape or plain text (``server_message``)."""
     try:
         data = json.loads(body or "")
     except ValueError:
-        return None, None
-    if not isinstance(data, dict):
-        return None, None
-    error = data.get("error")
-    inner: dict[str, Any] = error if isinstance(error, dict) else data
-    message = inner.get("message")
-    code = inner.get("code")
-    if not isinstance(message, str) and isinstance(data.get("detail"), list):
-        message = "; ".join(str(d.get("msg", d)) for d in data["detail"] if isinstance(d, dict))
-    return (
-        message if isinstance(message, str) and message else None,
-        str(code) if code is not None else None,
-    )
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    inner: dict[str, Any] = error if isinstance(error, dict) else data or {}
+    code = inner.get("code") if isinstance(inner, dict) else None
+    return server_message(body), str(code) if code is not None else None

@@ -29,8 +29,11 @@ from pipeline.providers.base import ChatRequest, EndpointSettings, ProviderReply
 from pipeline.providers.errmap import (
     Fields,
     by_status,
+    cap,
+    connect_failure,
     mentions_context_overflow,
     protocol_violation,
+    server_message,
     timed_out,
     transport,
 )
@@ -114,11 +117,13 @@ class OpenAIProvider:
             limits=openai_limits(headers),
         )
         said = _READERS[self.error_shape](exc)
-        message = scrub(said.message) or type(exc).__name__
-        if isinstance(exc, openai.APITimeoutError):  # before its base, APIConnectionError
-            return transport(timed_out(exc), message, fields, cause=exc)
+        message = cap(scrub(said.message) or type(exc).__name__)
         if isinstance(exc, openai.APIConnectionError):
-            return transport(False, message, fields, cause=exc)
+            # The aiohttp transport calls a refused connection "Request timed out.".
+            message = scrub(connect_failure(exc, exc.request.url)) or message
+            # APITimeoutError is an APIConnectionError; aiohttp's errors are not all timeouts.
+            late = isinstance(exc, openai.APITimeoutError) and timed_out(exc)
+            return transport(late, message, fields, cause=exc)
         if isinstance(exc, openai.APIResponseValidationError):
             return protocol_violation(message, fields)
         return by_status(
@@ -141,9 +146,12 @@ class _Said:
 
 
 def _object_said(exc: openai.APIError) -> _Said:
-    """OpenAI's shape: the SDK has already read ``error.message`` and ``error.code``."""
+    """OpenAI's shape, and any other: the server's own words wherever its body keeps them
+    (``error.message``, ``detail``, ``message``, plain text; see ``server_message``), else
+    the SDK's message (``Error code: 401`` for an empty body, or a transport error)."""
     code = getattr(exc, "code", None)
-    return _Said(str(exc.message), code if isinstance(code, str) else None)
+    said = server_message(exc.body) if isinstance(exc, openai.APIStatusError) else None
+    return _Said(said or str(exc.message), code if isinstance(code, str) else None)
 
 
 def _array_said(exc: openai.APIError) -> _Said:
