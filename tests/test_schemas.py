@@ -341,3 +341,13 @@ def test_corpus_documents_are_utf8_and_not_empty(region: str) -> None:
         text = path.read_bytes().decode("utf-8")  # raises on anything that is not UTF-8
         words = len(text.split())
         assert 200 <= words <= 2000, f"{path.name}: {words} words"
+
+
+def test_free_text_may_hold_quotes_and_lines_and_carries_no_pattern() -> None:
+    """A pattern on free text breaks grammar-based servers (they apply it to the raw JSON
+    text, see ``schemas._types``): quotes and line breaks are valid, blank is not."""
+    text = 'The "Agreement" ends on 31 May.\nRent is due monthly.'
+    assert ChunkSummary.model_validate(_summary(summary=text)).summary == text
+    schema = get_schema("chunk_summary").json_schema()
+    assert "pattern" not in schema["properties"]["summary"]
+    assert "pattern" not in schema["properties"]["key_points"]["items"]

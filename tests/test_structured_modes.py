@@ -194,7 +194,9 @@ def test_an_unanchored_or_escaped_pattern_and_a_prompted_mode_are_warned_of() ->
         "properties": {
             "a": {"type": "string", "pattern": r"\S"},  # the old NonBlank
             "b": {"type": "array", "items": {"type": "string", "pattern": r"^\w+$"}},
-            "c": {"type": "string", "pattern": r"^[^ \t]+$"},  # fine: a class, anchored
+            "c": {"type": "string", "pattern": r"^[A-Z]{3}$"},  # fine: a closed alphabet
+            "d": {"type": "string", "pattern": r"^[^ \t]+$"},  # admits a raw quote
+            "e": {"type": "string", "pattern": r"^.+$"},  # so does any character
         },
     }
     grammar, prompted = enforcement_warnings(
@@ -202,7 +204,7 @@ def test_an_unanchored_or_escaped_pattern_and_a_prompted_mode_are_warned_of() ->
     )
     assert grammar.startswith("local/m: a grammar-based server may not enforce")
     assert r"'\\S' at $.a" in grammar and r"'^\\w+$' at $.b[]" in grammar
-    assert "$.c" not in grammar
+    assert "$.c" not in grammar and "at $.d" in grammar and "at $.e" in grammar
     assert prompted.startswith("plain/m: structured_mode prompt does not make the server")
 
 

@@ -108,8 +108,9 @@ def with_schema_prompt(request: ChatRequest) -> list[dict[str, str]]:
 #: Servers that turn a schema into a grammar (llama.cpp, llama-cpp-python, vLLM's xgrammar
 #: and outlines, Ollama) take a ``pattern`` only anchored (``^…$``), without lookaround, and
 #: outside ``[…]`` without class escapes such as ``\S``: otherwise they warn, or drop the
-#: whole schema, and accept any string.
-_UNGRAMMATICAL = re.compile(r"\(\?[=!<]|(?<!\\)\\[dDsSwWbB]")
+#: whole schema, and accept any string. They apply it to the raw JSON text, so a ``.`` or a
+#: negated class that admits ``"`` lets the model write a quote that ends the string.
+_UNGRAMMATICAL = re.compile(r"\(\?[=!<]|(?<!\\)\\[dDsSwWbB]|(?<!\\)\.")
 
 
 def enforcement_warnings(endpoints: Iterable[Any], json_schema: dict[str, Any]) -> list[str]:
@@ -131,8 +132,8 @@ def enforcement_warnings(endpoints: Iterable[Any], json_schema: dict[str, Any]) 
         elif loose and mode != "tool":
             out.append(
                 f"{who}: a grammar-based server may not enforce {'; '.join(loose)} "
-                "(write patterns anchored ^…$, with character classes such as [^ \\t] "
-                "instead of \\S); answers are validated after all the same"
+                "(anchor patterns ^…$, use no \\S-style escapes, and let no . or [^…] admit "
+                "a raw quote); answers are validated after all the same"
             )
     return out
 
@@ -144,6 +145,7 @@ def _unenforceable_patterns(node: Any, path: str = "$") -> list[str]:
         if isinstance(pattern, str) and (
             not (pattern.startswith("^") and pattern.endswith("$"))
             or _UNGRAMMATICAL.search(_outside_brackets(pattern))
+            or any('"' not in c for c in re.findall(r"\[\^((?:\\.|[^\]\\])*)\]", pattern))
         ):
             found.append(f"the pattern {pattern!r} at {path}")
         for key, value in node.items():
