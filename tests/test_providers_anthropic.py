@@ -20,13 +20,13 @@ from pipeline.simulator import EndpointProfile
 from schemas import get_schema
 from tests.test_providers_common import (
     FAULTS,
-    TEXT,
     Harness,
     Spec,
     check_fail,
     check_fault,
     check_success,
     run_fault,
+    summary_request,
 )
 from tests.test_providers_common import (
     STATUS as COMMON_STATUS,
@@ -37,19 +37,7 @@ MODES = ["json_schema", "tool"]
 
 
 def _request(mode: str = "json_schema") -> ChatRequest:
-    spec = get_schema("chunk_summary")
-    return ChatRequest(
-        model="claude-test",
-        messages=[
-            {"role": "system", "content": spec.instructions},
-            {"role": "user", "content": TEXT},
-        ],
-        schema_name=spec.name,
-        json_schema=spec.json_schema(),
-        max_output_tokens=600,
-        temperature=0.0,
-        structured_mode=mode,
-    )
+    return summary_request("claude-test", mode)
 
 
 def _complete(url: str, request: ChatRequest, key: str | None = "sk-test-key-000") -> Any:

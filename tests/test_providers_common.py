@@ -22,7 +22,7 @@ from pipeline.dispatch import Dispatcher, DispatchSettings
 from pipeline.models import Chunk, LedgerEntry, Result
 from pipeline.policy import BudgetGuard, Endpoint, Router
 from pipeline.prices import Price
-from pipeline.providers import EndpointSettings, Provider, build_provider
+from pipeline.providers import ChatRequest, EndpointSettings, Provider, build_provider
 from pipeline.providers.errmap import Fields, by_status, mentions_context_overflow
 from pipeline.providers.headers import anthropic_limits, seconds_until
 from pipeline.simulator import EndpointProfile
@@ -34,6 +34,23 @@ TEXT = (
     "terminate with 90 days notice. Personal data is processed under the GDPR."
 )
 KEY = "sk-test-key-000"
+
+
+def summary_request(model: str, mode: str = "json_schema") -> ChatRequest:
+    """A ``chunk_summary`` request for ``TEXT``, as dispatch builds it (first attempt)."""
+    spec = get_schema("chunk_summary")
+    return ChatRequest(
+        model=model,
+        messages=[
+            {"role": "system", "content": spec.instructions},
+            {"role": "user", "content": TEXT},
+        ],
+        schema_name=spec.name,
+        json_schema=spec.json_schema(),
+        max_output_tokens=600,
+        temperature=0.0,
+        structured_mode=mode,
+    )
 
 
 def chunk(text: str = TEXT, n: int = 0) -> Chunk:

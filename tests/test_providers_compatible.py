@@ -26,13 +26,13 @@ from schemas import get_schema
 from tests.test_providers_common import (
     FAULTS,
     STATUS,
-    TEXT,
     Harness,
     Spec,
     check_fail,
     check_fault,
     check_success,
     run_fault,
+    summary_request,
 )
 
 
@@ -43,18 +43,7 @@ def _settings(url: str | None, key: str = "AIza-test-key") -> EndpointSettings:
 
 
 def _request() -> ChatRequest:
-    spec = get_schema("chunk_summary")
-    return ChatRequest(
-        model="gemini-test",
-        messages=[
-            {"role": "system", "content": spec.instructions},
-            {"role": "user", "content": TEXT},
-        ],
-        schema_name=spec.name,
-        json_schema=spec.json_schema(),
-        max_output_tokens=600,
-        temperature=0.0,
-    )
+    return summary_request("gemini-test")
 
 
 def _complete(url: str, preset: str | None = "gemini") -> Any:

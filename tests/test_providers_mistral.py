@@ -15,33 +15,21 @@ from pipeline import errors
 from pipeline.providers import ChatRequest, EndpointSettings, ProviderReply, build_provider
 from pipeline.providers.headers import mistral_limits
 from pipeline.simulator import EndpointProfile
-from schemas import get_schema
 from tests.test_providers_common import (
     FAULTS,
     STATUS,
-    TEXT,
     Harness,
     Spec,
     check_fail,
     check_fault,
     check_success,
     run_fault,
+    summary_request,
 )
 
 
 def _request() -> ChatRequest:
-    spec = get_schema("chunk_summary")
-    return ChatRequest(
-        model="mistral-test",
-        messages=[
-            {"role": "system", "content": spec.instructions},
-            {"role": "user", "content": TEXT},
-        ],
-        schema_name=spec.name,
-        json_schema=spec.json_schema(),
-        max_output_tokens=600,
-        temperature=0.0,
-    )
+    return summary_request("mistral-test")
 
 
 def _complete(url: str, key: str | None = "sk-test-key-000", timeout_s: float = 10) -> Any:

@@ -28,24 +28,13 @@ from pipeline.providers.structured import ENFORCED, MODES_OF_KIND, PROMPTED, enf
 from pipeline.simulator import EndpointProfile
 from pipeline.store import Store
 from schemas import ChunkSummary, get_schema
-from tests.test_providers_common import TEXT
+from tests.test_providers_common import summary_request
 
 COMPATIBLE_MODES = sorted(MODES_OF_KIND["openai_compatible"])
 
 
 def _request(mode: str) -> ChatRequest:
-    spec = get_schema("chunk_summary")
-    return ChatRequest(
-        model="local-model",
-        messages=[
-            {"role": "system", "content": spec.instructions},
-            {"role": "user", "content": TEXT},
-        ],
-        schema_name=spec.name,
-        json_schema=spec.json_schema(),
-        max_output_tokens=600,
-        structured_mode=mode,
-    )
+    return summary_request("local-model", mode)
 
 
 def _complete(url: str, mode: str, preset: str = "vllm") -> Any:
