@@ -44,6 +44,8 @@ async def process_batch(run: Run, batch: Batch) -> dict[str, int]:
     ticker = asyncio.create_task(_tick(run, logger))
     try:
         outcome = await run.process_batch(batch)
+    except StageError:
+        raise  # names its stage: dispatch or store
     except Exception as exc:
         raise StageError("dispatch", batch.batch_id, exc) from exc
     finally:

@@ -55,11 +55,17 @@ class LedgerWriteError(DocrouteError):
     """
 
 
-class StageError(DocrouteError):
-    """A pipeline stage failed for a whole batch (infrastructure, not a chunk's data)."""
+Stage = Literal["ingest", "dispatch", "store"]
 
-    def __init__(self, stage: str, batch_id: str, cause: BaseException) -> None:
-        super().__init__(f"stage {stage!r} failed for batch {batch_id}: {cause}")
+
+class StageError(DocrouteError):
+    """A pipeline stage failed for a whole batch (infrastructure, not a chunk's data):
+    ``ingest`` (reading the corpus), ``dispatch`` (the calls) or ``store`` (writing the
+    batch's parts or journal). ``batch_id`` is None when no batch was formed yet."""
+
+    def __init__(self, stage: Stage, batch_id: str | None, cause: BaseException) -> None:
+        where = f"for batch {batch_id}" if batch_id else "while reading the corpus"
+        super().__init__(f"stage {stage!r} failed {where}: {cause}")
         self.stage = stage
         self.batch_id = batch_id
 

@@ -25,7 +25,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,7 +35,7 @@ from pipeline.config import Config
 from pipeline.corpus import read_corpus
 from pipeline.dispatch import Dispatcher, DispatchSettings
 from pipeline.endpoints import Connections, connect
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, LedgerWriteError, Stage, StageError
 from pipeline.family import Prior, ReuseIndex, Selection, Versions, opening
 from pipeline.models import BatchOutcome, Chunk, Result
 from pipeline.policy import (
@@ -54,9 +54,10 @@ from pipeline.store import (
     RunRecord,
     RunStatus,
     Store,
+    StoreError,
 )
 from pipeline.store.allocations import Seat, admit, granted_usd, monthly_share
-from pipeline.store.journal import Journal, RunBusyError, RunLock, recover
+from pipeline.store.journal import Journal, JournalClosedError, RunBusyError, RunLock, recover
 from pipeline.tokens import get_counter
 from schemas import get_schema
 
@@ -76,7 +77,10 @@ async def drive(
     pending: set[asyncio.Future[object]] = set()
     failure: BaseException | None = None
     try:
-        for batch in batches:
+        for batch in _read(batches):
+            if isinstance(batch, StageError):  # the corpus could not be read on
+                failure = batch
+                break
             while len(pending) >= parallel and failure is None:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 failure = next((t.exception() for t in done if t.exception()), None)
@@ -93,6 +97,34 @@ async def drive(
         raise
     if failure is not None:
         raise failure
+
+
+def _read(batches: Iterable[Batch]) -> Iterator[Batch | StageError]:
+    """``batches``, then (instead of raising) the ingest failure that ended them, if any."""
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:  # a bad document is a row; this is the corpus itself
+            yield StageError("ingest", None, exc)
+            return
+        yield batch
+
+
+@contextmanager
+def _stage(stage: Stage, batch_id: str) -> Iterator[None]:
+    """Name the stage a batch failed in: a failure to write the journal or the parts is
+    ``store`` wherever it surfaces (dispatch journals every attempt)."""
+    try:
+        yield
+    except StageError:
+        raise
+    except (OSError, StoreError, LedgerWriteError, JournalClosedError) as exc:
+        raise StageError("store", batch_id, exc) from exc
+    except Exception as exc:
+        raise StageError(stage, batch_id, exc) from exc
 
 
 def require_run(store: Store, run_id: str) -> None:
@@ -351,6 +383,14 @@ class Run:
         reuse it (no call). Every attempt and every result is journaled the moment it
         exists, so a kill before the parts are written loses neither.
         """
+        with _stage("store", batch.batch_id):  # a failure is the store's unless said below
+            outcome = await self._process(batch)
+        for result in outcome.results:
+            if result.status == "succeeded" and result.idem_key:
+                self.reuse.add(result.idem_key, self.run_id)
+        return outcome
+
+    async def _process(self, batch: Batch) -> BatchOutcome:
         self.progress.documents += len(batch.documents)
         self.progress.document_errors += sum(d.status == "error" for d in batch.documents)
         self.store.write_rows("documents", self.run_id, batch.documents)
@@ -368,17 +408,15 @@ class Run:
 
             for result in reused.values():
                 finished(result)
-            outcome = await self.dispatcher.run_batch(
-                todo, on_result=finished, on_entry=journal.append
-            )
+            with _stage("dispatch", batch.batch_id):
+                outcome = await self.dispatcher.run_batch(
+                    todo, on_result=finished, on_entry=journal.append
+                )
             results = [*reused.values(), *outcome.results]
             outcome.results = [self._stamp(r, keys[r.chunk_id]) for r in results]
             self.store.write_rows("ledger", self.run_id, outcome.ledger)
             self.store.write_rows("results", self.run_id, outcome.results)
             journal.commit()
-        for result in outcome.results:
-            if result.status == "succeeded" and result.idem_key:
-                self.reuse.add(result.idem_key, self.run_id)
         return outcome
 
     def _reused(self, chunks: Sequence[Chunk], keys: dict[str, str]) -> dict[str, Result]:
