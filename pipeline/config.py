@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.errors import ConfigError
 from pipeline.providers.presets import get_preset
 from pipeline.providers.structured import MODES_OF_KIND, StructuredMode
-from pipeline.simulator.profiles import EndpointProfile
+from pipeline.sim_profiles import EndpointProfile
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 Region = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]

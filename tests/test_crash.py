@@ -23,8 +23,8 @@ import pytest
 
 from flows.cli import main
 from pipeline.models import LedgerEntry
+from pipeline.sim_profiles import NO_RESPONSE
 from pipeline.simulator import SimulatorServer
-from pipeline.simulator.profiles import NO_RESPONSE
 from pipeline.store import Store
 from pipeline.store.journal import JOURNAL_DIR, Journal, read_entries, read_journal, recover
 from tests.conftest import EXAMPLES, REPO

@@ -14,6 +14,8 @@ import importlib
 import json
 import math
 import random
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -698,7 +700,6 @@ def test_generator_covers_json_schema_features():
 @pytest.mark.parametrize(
     "module",
     [
-        "profiles",
         "tokens",
         "hints",
         "fillers",
@@ -717,3 +718,14 @@ def test_generator_covers_json_schema_features():
 def test_docstring_examples_hold(module):
     result = doctest.testmod(importlib.import_module(f"pipeline.simulator.{module}"))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_profile_docstring_examples_hold():
+    result = doctest.testmod(importlib.import_module("pipeline.sim_profiles"))
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_config_reads_profiles_without_importing_the_simulators_servers():
+    code = "import sys, pipeline.config; print('pipeline.simulator' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -23,12 +23,14 @@ every protocol.
 Modules: ``server`` (thread, socket), ``process`` (child process), ``app`` (routes, fault
 decisions), ``protocols`` (the table of wires) over ``wire`` (their interface) and
 ``wire_openai`` / ``wire_gemini`` / ``wire_anthropic`` / ``wire_mistral``, ``answers`` over
-``schema_gen`` + ``fillers`` + ``hints`` (what the model says), ``state``, ``profiles``,
-``tokens``.
+``schema_gen`` + ``fillers`` + ``hints`` (what the model says), ``state``, ``tokens``.
+Profiles (what an endpoint does) live in ``pipeline.sim_profiles``, outside this package,
+so that ``pipeline.config`` can read them without importing the servers.
 """
 
+from pipeline.sim_profiles import NO_RESPONSE, EndpointProfile, Fault, ProtocolName, RequestRecord
+
 from .process import SimulatorProcess
-from .profiles import NO_RESPONSE, EndpointProfile, Fault, ProtocolName, RequestRecord
 from .protocols import base_url
 from .server import SimulatorServer, serve_forever
 from .tokens import chars_for_tokens, completion_tokens, prompt_tokens

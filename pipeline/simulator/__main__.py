@@ -20,7 +20,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .profiles import EndpointProfile
+from pipeline.sim_profiles import EndpointProfile
+
 from .server import SimulatorServer
 
 

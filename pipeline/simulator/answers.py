@@ -18,9 +18,10 @@ import json
 import random
 from typing import Any
 
+from pipeline.sim_profiles import Fault
+
 from . import tokens
 from .hints import hints_for
-from .profiles import Fault
 from .wire import REFUSAL_TEXT, Answer, ChatCall
 
 

@@ -43,8 +43,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from pipeline.sim_profiles import (
+    NO_RESPONSE,
+    EndpointProfile,
+    Fault,
+    RequestRecord,
+    check_endpoint_name,
+)
+
 from .answers import answer_for
-from .profiles import NO_RESPONSE, EndpointProfile, Fault, RequestRecord, check_endpoint_name
 from .protocols import WIRES, base_url
 from .schema_gen import SchemaError
 from .state import Admission, SimulatorState

@@ -27,7 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from .profiles import EndpointProfile, RequestRecord, check_endpoint_name
+from pipeline.sim_profiles import EndpointProfile, RequestRecord, check_endpoint_name
+
 from .protocols import base_url
 
 _ROOT = Path(__file__).resolve().parents[2]  # the directory holding the pipeline package

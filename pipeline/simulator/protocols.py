@@ -13,7 +13,8 @@ The base URL is what each official SDK wants for an endpoint:
 
 from __future__ import annotations
 
-from .profiles import ProtocolName
+from pipeline.sim_profiles import ProtocolName
+
 from .wire import Wire
 from .wire_anthropic import AnthropicWire
 from .wire_gemini import GeminiWire

@@ -29,8 +29,9 @@ from typing import Any
 
 import uvicorn
 
+from pipeline.sim_profiles import EndpointProfile, RequestRecord, check_endpoint_name
+
 from .app import build_app
-from .profiles import EndpointProfile, RequestRecord, check_endpoint_name
 from .protocols import base_url
 from .state import SimulatorState
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .profiles import EndpointProfile, RequestRecord
+from pipeline.sim_profiles import EndpointProfile, RequestRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,8 @@
 """What an endpoint of the simulator does (``EndpointProfile``) and what it saw (``RequestRecord``).
 
+Plain data, outside ``pipeline.simulator`` so that the config (a provider's ``simulator``
+block) and the simulator both import it, and the config does not import the servers.
+
 A profile is data, set per endpoint when it is added, or over HTTP with
 ``PUT /_sim/endpoints/{name}``::
 
