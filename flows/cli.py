@@ -66,7 +66,25 @@ def _parser() -> argparse.ArgumentParser:
         "budget, validate, ledger.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _run_command,
+        _plan_command,
+        _rerun_command,
+        _audit_command,
+        _compact_command,
+        _runs_command,
+        _sql_command,
+        _serve_command,
+        _simulate_command,
+    ):
+        add(sub)
+    return p
 
+
+_Commands = argparse._SubParsersAction  # what each command adds itself to
+
+
+def _run_command(sub: _Commands) -> None:
     run = sub.add_parser("run", help="run the nightly batch once, now")
     _config_arg(run)
     run.add_argument("--budget", type=_usd, help="override budget.run_usd for this run")
@@ -90,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
+
+def _plan_command(sub: _Commands) -> None:
     plan = sub.add_parser(
         "plan", help="chunks, tokens and cost per endpoint, before any call (nothing is written)"
     )
@@ -98,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--format", choices=["table", "json"], default="table")
     plan.set_defaults(func=cmd_plan)
 
+
+def _rerun_command(sub: _Commands) -> None:
     rerun = sub.add_parser("rerun", help="process a run's failed/skipped chunks as a child run")
     rerun.add_argument("run_id", metavar="RUN_ID")
     _config_arg(rerun)
@@ -136,26 +158,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     rerun.set_defaults(func=cmd_rerun)
 
+
+def _audit_command(sub: _Commands) -> None:
     audit = sub.add_parser("audit", help="check a run's promises from the stored data alone")
     audit.add_argument("run_id", metavar="RUN_ID")
     _where_args(audit)
     audit.set_defaults(func=cmd_audit)
 
+
+def _compact_command(sub: _Commands) -> None:
     compact = sub.add_parser("compact", help="merge a run's (or every run's) small Parquet parts")
     compact.add_argument("run_id", metavar="RUN_ID", nargs="?")
     _where_args(compact)
     compact.set_defaults(func=cmd_compact)
 
+
+def _runs_command(sub: _Commands) -> None:
     runs = sub.add_parser("runs", help="list runs with status, counts and spend")
     _where_args(runs)
     runs.add_argument("--limit", type=int, default=20)
     runs.set_defaults(func=cmd_runs)
 
+
+def _sql_command(sub: _Commands) -> None:
     sql = sub.add_parser("sql", help="query runs, documents, chunks, results, ledger (read-only)")
     sql.add_argument("query", metavar="QUERY")
     _where_args(sql)
     sql.set_defaults(func=cmd_sql)
 
+
+def _serve_command(sub: _Commands) -> None:
     serve = sub.add_parser("serve", help="run the nightly schedule on this machine")
     _config_arg(serve)
     serve.add_argument("--cron", default="0 2 * * *", help='schedule (default "0 2 * * *")')
@@ -164,11 +196,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=4200, help="port of the local Prefect server")
     serve.set_defaults(func=cmd_serve)
 
+
+def _simulate_command(sub: _Commands) -> None:
     sim = sub.add_parser("simulate", help="serve the provider simulator in the foreground")
     _config_arg(sim)
     sim.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free)")
     sim.set_defaults(func=cmd_simulate)
-    return p
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
