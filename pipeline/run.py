@@ -83,13 +83,14 @@ async def drive(
                 break
             while len(pending) >= parallel and failure is None:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                failure = next((t.exception() for t in done if t.exception()), None)
+                failure = _first_failure(done)
             if failure is not None:
                 break
             pending.add(asyncio.ensure_future(process(batch)))
         if pending:
             done, pending = await asyncio.wait(pending)
-            failure = failure or next((t.exception() for t in done if t.exception()), None)
+            later = _first_failure(done)
+            failure = failure or later
     except asyncio.CancelledError:
         for task in pending:  # nobody may be left running once drive() is gone
             task.cancel()
@@ -97,6 +98,13 @@ async def drive(
         raise
     if failure is not None:
         raise failure
+
+
+def _first_failure(done: Iterable[asyncio.Future[object]]) -> BaseException | None:
+    """The first error among finished batches; every one is read (asyncio logs an error
+    nobody read as "never retrieved")."""
+    failures = [None if t.cancelled() else t.exception() for t in done]
+    return next((f for f in failures if f is not None), None)
 
 
 def _read(batches: Iterable[Batch]) -> Iterator[Batch | StageError]:
