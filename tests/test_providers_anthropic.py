@@ -4,7 +4,6 @@ structured-output modes; usage normalisation and cache-write pricing."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -25,6 +24,7 @@ from tests.test_providers_common import (
     check_fail,
     check_fault,
     check_success,
+    complete_once,
     run_fault,
     summary_request,
 )
@@ -52,16 +52,7 @@ def _complete(url: str, request: ChatRequest, key: str | None = "sk-test-key-000
             strict_validation=True,
         ),
     )
-
-    async def go() -> Any:
-        try:
-            return await provider.complete(request)
-        except errors.ProviderError as exc:
-            return exc
-        finally:
-            await provider.aclose()
-
-    return asyncio.run(go())
+    return complete_once(provider, request)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -36,6 +36,20 @@ TEXT = (
 KEY = "sk-test-key-000"
 
 
+def complete_once(provider: Provider, request: ChatRequest) -> Any:
+    """One call through ``provider``, then closed: the ProviderReply, or the ProviderError."""
+
+    async def go() -> Any:
+        try:
+            return await provider.complete(request)
+        except errors.ProviderError as exc:
+            return exc
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(go())
+
+
 def summary_request(model: str, mode: str = "json_schema") -> ChatRequest:
     """A ``chunk_summary`` request for ``TEXT``, as dispatch builds it (first attempt)."""
     spec = get_schema("chunk_summary")

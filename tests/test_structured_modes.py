@@ -28,7 +28,7 @@ from pipeline.providers.structured import ENFORCED, MODES_OF_KIND, PROMPTED, enf
 from pipeline.simulator import EndpointProfile
 from pipeline.store import Store
 from schemas import ChunkSummary, get_schema
-from tests.test_providers_common import summary_request
+from tests.test_providers_common import complete_once, summary_request
 
 COMPATIBLE_MODES = sorted(MODES_OF_KIND["openai_compatible"])
 
@@ -42,16 +42,7 @@ def _complete(url: str, mode: str, preset: str = "vllm") -> Any:
         name="local", base_url=url, api_key=SecretStr("k"), timeout_s=10, strict_validation=True
     )
     provider = build_provider("openai_compatible", settings, preset=preset)
-
-    async def go() -> Any:
-        try:
-            return await provider.complete(_request(mode))
-        except errors.ProviderError as exc:
-            return exc
-        finally:
-            await provider.aclose()
-
-    return asyncio.run(go())
+    return complete_once(provider, _request(mode))
 
 
 @pytest.mark.parametrize("mode", COMPATIBLE_MODES)

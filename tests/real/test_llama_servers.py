@@ -147,6 +147,23 @@ def _rows(store: Store, sql: str, run_id: str) -> list[dict[str, Any]]:
     return list(store.read(sql, [run_id]).to_dicts())
 
 
+def _failed_run(
+    tmp: Path, summary: dict[str, Any], label: str, wall: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The results and calls of a run meant to fail, its figures printed at the end."""
+    store = Store(tmp / "out")
+    results, calls = _results(store, summary["run_id"]), _calls(store, summary["run_id"])
+    FIGURES.append(
+        {
+            "server": label,
+            "wall_s": round(wall, 1),
+            "reasons": dict(Counter(r["reason"] for r in results)),
+            "ledger_errors": sorted({str(c["error"]) for c in calls}),
+        }
+    )
+    return results, calls
+
+
 def _results(store: Store, run_id: str) -> list[dict[str, Any]]:
     sql = "SELECT chunk_id, status, reason, attempts, error FROM results WHERE run_id = ?"
     return _rows(store, sql, run_id)
@@ -311,16 +328,7 @@ def test_a_wrong_key_is_an_auth_failure_of_the_endpoint(
             api_key_env="DOCROUTE_REAL_KEY",
         )
         summary, wall = _run(config)
-    store = Store(tmp_path / "out")
-    results, calls = _results(store, summary["run_id"]), _calls(store, summary["run_id"])
-    FIGURES.append(
-        {
-            "server": "llama-server --api-key (wrong key sent)",
-            "wall_s": round(wall, 1),
-            "reasons": dict(Counter(r["reason"] for r in results)),
-            "ledger_errors": sorted({str(c["error"]) for c in calls}),
-        }
-    )
+    results, calls = _failed_run(tmp_path, summary, "llama-server --api-key (wrong key sent)", wall)
     assert len(results) == len(DOCS) and {r["status"] for r in results} == {"failed"}
     # Every chunk says the endpoint rejected the key (not no_route, not "attempts exhausted").
     assert {r["reason"] for r in results} == {"auth_error"}, results
@@ -344,16 +352,7 @@ def test_a_stopped_server_is_a_refused_connection(tmp_path: Path) -> None:
         model="smollm2",
     )
     summary, wall = _run(config)
-    store = Store(tmp_path / "out")
-    results, calls = _results(store, summary["run_id"]), _calls(store, summary["run_id"])
-    FIGURES.append(
-        {
-            "server": "stopped (nothing listening)",
-            "wall_s": round(wall, 1),
-            "reasons": dict(Counter(r["reason"] for r in results)),
-            "ledger_errors": sorted({str(c["error"]) for c in calls}),
-        }
-    )
+    results, calls = _failed_run(tmp_path, summary, "stopped (nothing listening)", wall)
     assert len(results) == len(DOCS) and {r["status"] for r in results} == {"failed"}
     # Refused until the endpoint is disabled for the run; the chunks after that say why.
     reasons = {r["reason"] for r in results}
