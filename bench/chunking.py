@@ -112,8 +112,8 @@ def build_corpus(folder: Path, min_bytes: int) -> tuple[list[Path], Path]:
 
 def _docroute(mode: str) -> Callable[[str], int]:
     sys.path.insert(0, str(REPO))
-    from pipeline.chunking import CharEstimate, split_spans
-    from pipeline.tokens import TiktokenCounter
+    from pipeline.chunking import split_spans
+    from pipeline.tokens import CharEstimate, TiktokenCounter
 
     counter = CharEstimate() if mode == "char" else TiktokenCounter("cl100k_base")
     limits = {"max_tokens": MAX_TOKENS, "overlap_tokens": OVERLAP_TOKENS, "counter": counter}
@@ -214,8 +214,8 @@ def work(library: str, mode: str, case: str, source: str, budget: float) -> dict
 def _stream(mode: str, source: str) -> tuple[int, int]:
     """docroute only: the single document read in blocks, never whole."""
     sys.path.insert(0, str(REPO))
-    from pipeline.chunking import CharEstimate, split_spans_stream
-    from pipeline.tokens import TiktokenCounter
+    from pipeline.chunking import split_spans_stream
+    from pipeline.tokens import CharEstimate, TiktokenCounter
 
     counter = CharEstimate() if mode == "char" else TiktokenCounter("cl100k_base")
 

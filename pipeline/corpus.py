@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pipeline.chunking import TokenCounter, chunk_document, chunk_stream
+from pipeline.chunking import chunk_document, chunk_stream
 from pipeline.config import Config
 from pipeline.ingest import DocumentError, discover, extract_many
 from pipeline.ingest.frontmatter import read_front_matter
@@ -34,6 +34,7 @@ from pipeline.policy.residency import (
     unserved_warning,
 )
 from pipeline.store import DocumentRow
+from pipeline.tokens import TokenCounter
 
 __all__ = ["read_corpus"]
 

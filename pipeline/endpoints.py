@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from pipeline.config import Config, ProviderConfig
+from pipeline.config import Config
+from pipeline.config_sections import ProviderConfig
 from pipeline.providers import EndpointSettings, Provider, build_provider
 from pipeline.providers.presets import resolve_base_url
 from pipeline.secrets import read_key

@@ -1,8 +1,13 @@
-"""Offline token counters: tiktoken from local BPE files, never a download at run time.
+"""Token counters: what the chunker asks of one, the offline estimate, and tiktoken from
+local BPE files, never a download at run time.
 
     counter = get_counter("tiktoken:o200k_base")   # TokenizerFilesMissing if absent
     counter = get_counter("auto")                  # tiktoken if it can, else the estimate
     counter.name                                   # "tiktoken:o200k_base" or "chars/3.6"
+
+A ``TokenCounter`` has a ``name`` and ``count(text)``; a ``WordCounting`` one (tiktoken)
+or a ``LengthCounting`` one (``CharEstimate``) also says how its counts add up, which
+lets ``pipeline.windows`` count each window once, or not at all.
 
 tiktoken reads an encoding's BPE file from ``$TIKTOKEN_CACHE_DIR/<sha1 of its URL>``.
 ``TiktokenCounter`` looks for that file, with the sha256 tiktoken expects, in
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 import os
 import re
 import subprocess
@@ -34,19 +40,73 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import filterfalse
 from pathlib import Path
-from typing import Any, Literal
-
-from pipeline.chunking import CharEstimate, TokenCounter
+from typing import Any, Literal, Protocol
 
 __all__ = [
     "ESTIMATE",
     "LITELLM_VERSION",
     "PROJECT_DIR",
+    "CharEstimate",
+    "LengthCounting",
     "TiktokenCounter",
+    "TokenCounter",
     "TokenizerFilesMissing",
+    "WordCounting",
     "fetch",
     "get_counter",
 ]
+
+
+class TokenCounter(Protocol):
+    """Counts tokens the way some model does; ``name`` goes into reports."""
+
+    name: str
+
+    def count(self, text: str) -> int: ...
+
+
+class WordCounting(TokenCounter, Protocol):
+    """A counter whose counts add up over words: cut a text that ends in a non-space
+    where ``pipeline.windows`` cuts words (before a space that follows a non-space, or
+    that starts an indented line), and ``count(text)`` is the sum of
+    ``count_words(parts)``. tiktoken's encodings are so: their pre-tokenizers never join
+    across those places. The chunker then counts each window once instead of once per
+    candidate end.
+    """
+
+    def count_words(self, words: list[str]) -> list[int]: ...
+
+
+class LengthCounting(TokenCounter, Protocol):
+    """A counter whose count depends on the text's length alone, never less for a longer
+    text: ``count(text) == count_length(len(text))``. The chunker then counts nothing."""
+
+    def count_length(self, length: int) -> int: ...
+
+
+class CharEstimate:
+    """Offline estimate: one token per ``chars_per_token`` characters (4), rounded up.
+
+    >>> CharEstimate().count("hello"), CharEstimate.name, CharEstimate(3.5).name
+    (2, 'chars/4', 'chars/3.5')
+    """
+
+    name: str = "chars/4"
+
+    def __init__(self, chars_per_token: float = 4.0) -> None:
+        if not chars_per_token > 0:
+            raise ValueError(f"chars_per_token must be > 0, got {chars_per_token!r}")
+        self.chars_per_token = chars_per_token
+        self.name = f"chars/{chars_per_token:g}"
+
+    def count(self, text: str) -> int:
+        return self.count_length(len(text))
+
+    def count_length(self, length: int) -> int:
+        return math.ceil(length / self.chars_per_token)
+
+
+# ── tiktoken, from local files only ───────────────────────────────────────────────────
 
 Encoding = Literal["o200k_base", "cl100k_base"]
 ENCODINGS: tuple[Encoding, ...] = ("o200k_base", "cl100k_base")

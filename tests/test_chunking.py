@@ -12,8 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.breaks import best_break, ends_a_heading, trimmed
-from pipeline.chunking import CharEstimate, Span, chunk_document, split_spans
+from pipeline.chunking import chunk_document, split_spans
 from pipeline.models import Document, stable_id
+from pipeline.tokens import CharEstimate
+from pipeline.windows import Span
 
 CHARS = CharEstimate()
 

@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import tokens
-from pipeline.chunking import _WORDS, CharEstimate, split_spans, split_spans_stream
+from pipeline.chunking import split_spans, split_spans_stream
+from pipeline.tokens import CharEstimate
+from pipeline.windows import _WORDS
 from tests.test_chunking import COUNTERS, TEXTS, assert_well_formed, limits
 
 pytestmark = pytest.mark.skipif(

@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 
 import pipeline.ingest.stream as stream
-from pipeline.chunking import CharEstimate
 from pipeline.config import Config
 from pipeline.corpus import read_corpus
 from pipeline.ingest import DocumentError, ExtractedText, ExtractOptions, extract_many, extract_text
 from pipeline.models import Chunk, Document
 from pipeline.store import DocumentRow
+from pipeline.tokens import CharEstimate
 from tests.test_ingest_formats import corpus, summary, write
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import CorpusConfig
+from pipeline.config_sections import CorpusConfig
 from pipeline.models import Chunk, LedgerEntry, Usage
 from pipeline.policy import BudgetGuard, Endpoint, Hold, Residency, Router, Shortfall
 from pipeline.prices import Price, load_price_table

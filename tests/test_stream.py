@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 import pipeline.ingest.stream as stream
-from pipeline.chunking import CharEstimate, chunk_document, chunk_stream
+from pipeline.chunking import chunk_document, chunk_stream
 from pipeline.endpoints import Connections
 from pipeline.ingest import DocumentError, extract_text
 from pipeline.models import Document
 from pipeline.run import Run
 from pipeline.store import DocumentRow
+from pipeline.tokens import CharEstimate
 from tests.test_ingest_faults import config
 
 TEXT = (

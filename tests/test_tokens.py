@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 
 from pipeline import tokens
-from pipeline.chunking import CharEstimate
-from pipeline.tokens import ESTIMATE, TiktokenCounter, TokenizerFilesMissing, get_counter
+from pipeline.tokens import (
+    ESTIMATE,
+    CharEstimate,
+    TiktokenCounter,
+    TokenizerFilesMissing,
+    get_counter,
+)
 
 HAVE_FILES = all(
     (folder / tokens.cache_key(e)).is_file()

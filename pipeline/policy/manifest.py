@@ -44,7 +44,7 @@ from pipeline.models import stable_id
 
 __all__ = ["Manifest", "ManifestEntry", "load_manifest", "parse_regions"]
 
-#: The same names ``pipeline.config.Region`` accepts.
+#: The same names ``pipeline.config_sections.Region`` accepts.
 REGION = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 DOC_ID = re.compile(r"^[0-9a-f]{32}$")
 KEYS = ("path", "doc_id")

@@ -38,7 +38,7 @@ from dataclasses import field as dataclass_field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.config import CorpusConfig
+from pipeline.config_sections import CorpusConfig
 from pipeline.globs import glob_match
 from pipeline.ingest.base import DocumentError, ExtractOptions, Unparsed
 from pipeline.ingest.extraction import extract_text

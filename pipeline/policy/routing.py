@@ -31,7 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
-from pipeline.config import Config, ModelConfig, RoutingConfig
+from pipeline.config import Config
+from pipeline.config_sections import ModelConfig, RoutingConfig
 from pipeline.errors import ConfigError
 from pipeline.models import Chunk, Outcome
 from pipeline.prices import Price, load_price_table
