@@ -712,6 +712,7 @@ def test_generator_covers_json_schema_features():
         "wire_mistral",
         "protocols",
         "answers",
+        "faults",
         "app",
     ],
 )

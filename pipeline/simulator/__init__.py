@@ -20,9 +20,10 @@ pipeline.simulator``). Answers are built deterministically from the first user m
 fit the requested JSON schema; usage follows ``tokens.py`` (four characters a token) for
 every protocol.
 
-Modules: ``server`` (thread, socket), ``process`` (child process), ``app`` (routes, fault
-decisions), ``protocols`` (the table of wires) over ``wire`` (their interface) and
-``wire_openai`` / ``wire_gemini`` / ``wire_anthropic`` / ``wire_mistral``, ``answers`` over
+Modules: ``server`` (thread, socket), ``process`` (child process), ``app`` (routes,
+answering), ``faults`` (which fault a request gets, and its error), ``protocols`` (the
+table of wires) over ``wire`` (their interface) and ``wire_openai`` / ``wire_gemini`` /
+``wire_anthropic`` / ``wire_mistral``, ``answers`` over
 ``schema_gen`` + ``fillers`` + ``hints`` (what the model says), ``state``, ``tokens``.
 Profiles (what an endpoint does) live in ``pipeline.sim_profiles``, outside this package,
 so that ``pipeline.config`` can read them without importing the servers.

@@ -20,7 +20,8 @@ and the fault: ``script[n]`` for the n-th admitted request, else 500 for the fir
 dropped, truncated, refusal), else a normal answer. A normal answer is schema-invalid for
 the first ``invalid_first`` answers or with share ``invalid_rate``, and cut with finish
 reason "length" when it exceeds the request's max tokens. A retried identical body has a
-new draw, so it can succeed, and the run stays reproducible.
+new draw, so it can succeed, and the run stays reproducible. Which fault, and what each error
+answer says, are plain functions of ``faults``; this module draws, sleeps, answers and logs.
 
     >>> app = build_app(SimulatorState())
 """
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import os
 import random
@@ -52,19 +52,19 @@ from pipeline.sim_profiles import (
 )
 
 from .answers import answer_for
+from .faults import (
+    ERROR_FAULTS,
+    FAULT_OF,
+    choose_fault,
+    format_problem,
+    injected_problem,
+    key_problem,
+    quota_problem,
+)
 from .protocols import WIRES, base_url
 from .schema_gen import SchemaError
 from .state import Admission, SimulatorState
-from .wire import (
-    BadRequest,
-    ChatCall,
-    ErrorKind,
-    Problem,
-    Wire,
-    digest_of,
-    mask_key,
-    partial_call_fields,
-)
+from .wire import BadRequest, ChatCall, Problem, Wire, digest_of, partial_call_fields
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -73,28 +73,6 @@ ASGIApp = Callable[
     Awaitable[None],
 ]
 
-#: The drawn faults, in the order their shares split the draw (429 and 500 first, as before).
-_DRAWN: tuple[tuple[str, Fault], ...] = (
-    ("rate_429", "rate_limited"),
-    ("rate_500", "server_error"),
-    ("rate_503", "overloaded"),
-    ("rate_timeout", "timeout"),
-    ("rate_drop", "dropped"),
-    ("rate_truncated", "truncated"),
-    ("rate_refusal", "refusal"),
-)
-#: Faults answered with an error body, and the kind of error each is.
-_ERROR_FAULTS: dict[Fault, ErrorKind] = {
-    "rate_limited": "rate_limited",
-    "server_error": "server_error",
-    "overloaded": "overloaded",
-    "auth": "auth",
-    "bad_request": "bad_request",
-}
-#: The fault an error answer is logged as.
-_FAULT_OF: dict[ErrorKind, Fault] = {kind: fault for fault, kind in _ERROR_FAULTS.items()} | {
-    "not_found": "bad_request"
-}
 #: The wire that answers a route's 404 when the endpoint is unknown.
 _ROUTE_WIRES: dict[str, Wire] = {
     "/v1/chat/completions": WIRES["openai"],
@@ -223,7 +201,7 @@ async def _chat(state: SimulatorState, request: Request, path: str) -> Response:
     except BadRequest as exc:
         problem = exc.problem()
     if profile.api_key is not None:  # the API checks the key before it reads the body
-        problem = _check_key(wire, profile, request) or problem
+        problem = key_problem(profile, wire.presented_key(request.headers)) or problem
     exchange = _Exchange(state, name, profile, wire, raw, received_at)
     if problem is not None or call is None:
         admission = state.admit(name, 0, consume=False)
@@ -251,7 +229,7 @@ class _Exchange:
     async def serve(self, call: ChatCall, request: Request) -> Response:
         admission = self.state.admit(self.name, call.cost)
         if admission.retry_after_s is not None:
-            return self.error(call, _quota_problem(call, admission), admission)
+            return self.error(call, quota_problem(call, admission), admission)
         body_sha256 = hashlib.sha256(self.raw).hexdigest()
         arrival = self.state.arrive(self.name, body_sha256)
         draw_key = f"{self.profile.seed}|{self.name}|{body_sha256}|{arrival.nth_body}"
@@ -272,9 +250,11 @@ class _Exchange:
         fault = choose_fault(self.profile, arrival.nth_request, fault_draw)
         digest = digest_of(draw_key)
         if call.response_format in self.profile.refuse_response_formats:
-            return self.error(call, _refused_format(call), admission, digest)
-        if fault in _ERROR_FAULTS:
-            return self.error(call, self._fault_problem(fault, call, request), admission, digest)
+            return self.error(call, format_problem(call), admission, digest)
+        if fault in ERROR_FAULTS:
+            presented = self.wire.presented_key(request.headers)
+            problem = injected_problem(fault, call, self.profile, presented)
+            return self.error(call, problem, admission, digest)
         if fault == "dropped":
             self._log(call, NO_RESPONSE, fault)
             raise DropConnection
@@ -316,7 +296,7 @@ class _Exchange:
         status, body = self.wire.error(problem)
         retry_after = problem.retry_after_s if problem.kind == "rate_limited" else None
         headers = self.wire.headers(digest or os.urandom(32).hex(), admission.quota, retry_after)
-        self._log(call, status, _FAULT_OF[problem.kind])
+        self._log(call, status, FAULT_OF[problem.kind])
         return json_response(body, status, headers)
 
     async def _hang(
@@ -340,18 +320,6 @@ class _Exchange:
             return False
         nth_answer = self.state.next_answer(self.name)
         return nth_answer < self.profile.invalid_first or draw < self.profile.invalid_rate
-
-    def _fault_problem(self, fault: Fault, call: ChatCall, request: Request) -> Problem:
-        if fault == "rate_limited":
-            return Problem(
-                "rate_limited", model=call.model, retry_after_s=self.profile.retry_after_s
-            )
-        if fault == "auth":
-            presented = self.wire.presented_key(request.headers)
-            return Problem("auth", shown_key=mask_key(presented) if presented else None)
-        if fault == "bad_request":
-            return Problem("bad_request", "The simulator was scripted to refuse this request.")
-        return Problem(_ERROR_FAULTS[fault])
 
     def _log(
         self,
@@ -383,68 +351,8 @@ class _Exchange:
         return self.state.record(record)
 
 
-def choose_fault(profile: EndpointProfile, nth_request: int, draw: float) -> Fault:
-    """The fault of the ``nth_request``-th admitted request, given its uniform ``draw``.
-
-    >>> p = EndpointProfile(script=["dropped", "none"], fail_first=3, rate_503=0.5)
-    >>> [choose_fault(p, n, 0.25) for n in range(4)], choose_fault(p, 4, 0.75)
-    (['dropped', 'none', 'server_error', 'overloaded'], 'none')
-    """
-    if nth_request < len(profile.script):
-        return profile.script[nth_request]
-    if nth_request < profile.fail_first:
-        return "server_error"
-    for field, fault in _DRAWN:
-        share: float = getattr(profile, field)
-        if draw < share:
-            return fault
-        draw -= share
-    return "none"
-
-
-def _check_key(wire: Wire, profile: EndpointProfile, request: Request) -> Problem | None:
-    """An ``auth`` problem unless the request carries the profile's key."""
-    presented = wire.presented_key(request.headers)
-    if hmac.compare_digest(presented.encode(), (profile.api_key or "").encode()):
-        return None
-    if not presented:
-        return Problem("auth")
-    echo = profile.echo_key_in_errors
-    return Problem("auth", shown_key=presented if echo else mask_key(presented), key_echoed=echo)
-
-
 def _not_found(request: Request) -> Problem:
     return Problem("not_found", f"Invalid URL ({request.method} {request.url.path})")
-
-
-def _refused_format(call: ChatCall) -> Problem:
-    """The 500 a server gives a request shape it cannot handle (llama-cpp-python's server
-    fails inside its handler on ``json_schema``), identical for every such request."""
-    return Problem(
-        "server_error",
-        f"Internal Server Error: response_format type {call.response_format!r} is not "
-        "supported by this server",
-        model=call.model,
-    )
-
-
-def _quota_problem(call: ChatCall, admission: Admission) -> Problem:
-    quota, exceeded = admission.quota, admission.exceeded
-    assert quota is not None and admission.retry_after_s is not None
-    if exceeded == "tokens":
-        limit, remaining, requested = quota.limit_tokens, quota.remaining_tokens, call.cost
-    else:
-        limit, remaining, requested = quota.limit_requests, quota.remaining_requests, 1
-    used = None if limit is None or remaining is None else limit - remaining
-    return Problem(
-        "rate_limited",
-        model=call.model,
-        exceeded=exceeded,
-        limit=limit,
-        used=used,
-        requested=requested,
-        retry_after_s=admission.retry_after_s,
-    )
 
 
 def _error_response(wire: Wire, problem: Problem, status_override: int | None = None) -> Response:
