@@ -33,31 +33,33 @@ before the call and settled with the reported usage after it. Then:
 - its document keeps failing  → ``skipped``: ``document_breaker``, without any call, once
                                 ``document_failures_max`` of its chunks failed the same way
 
-Each call is an :class:`pipeline.attempt.Attempt`, which owns it from the budget claim to
-its one ledger row. A chunk's failure is data, never an exception that ends the batch; only
-a journal that refuses a write (``LedgerWriteError``) does, and cancels the batch's others.
+This module decides where each chunk goes next. Each call is made by
+:class:`pipeline.call.Caller` (quota slot, budget hold, provider, validation) in an
+:class:`pipeline.attempt.Attempt`, which owns it from the budget claim to its one ledger
+row; what a chunk tried and the ``Result`` it ends with are a
+:class:`pipeline.chunk_job.ChunkJob`. The settings are ``pipeline.policy.DispatchSettings``
+(``dispatch_settings(cfg, schema)``). A chunk's failure is data, never an exception that
+ends the batch; only a journal that refuses a write (``LedgerWriteError``) does, and
+cancels the batch's others.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from enum import Enum
-from functools import partial
-from typing import Literal
 
 from pipeline import errors
-from pipeline.attempt import Attempt, Booking, BudgetShortfall, ledger_row
-from pipeline.models import BatchOutcome, Chunk, LedgerEntry, Outcome, Result, Usage
+from pipeline.attempt import BudgetShortfall
+from pipeline.call import Caller
+from pipeline.chunk_job import ChunkJob
+from pipeline.models import BatchOutcome, Chunk, LedgerEntry, Result
 from pipeline.policy import (
     BudgetGuard,
-    Cheapest,
     Disabled,
+    DispatchSettings,
     DocumentBreaker,
     Endpoint,
     EndpointGate,
@@ -66,48 +68,16 @@ from pipeline.policy import (
     ExclusionReason,
     Router,
     Shortfall,
-    Strategy,
     cost_bound,
     fits,
     output_cap,
-    reservation_usd,
 )
-from pipeline.providers import ChatRequest, Provider, ProviderReply
-from pipeline.providers.bounds import input_token_bound
+from pipeline.providers import Provider
 from pipeline.secrets import scrub
-from pipeline.validation import (
-    first_messages,
-    prompt_token_estimate,
-    repair_messages,
-    validate_reply,
-)
+from pipeline.validation import first_messages, prompt_token_estimate, repair_messages
 from schemas import SchemaSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class DispatchSettings:
-    instructions: str
-    max_output_tokens: int
-    temperature: float | None = 0.0
-    max_attempts: int = 6
-    repair_attempts: int = 1
-    retries_per_endpoint: int = 2
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    concurrency: int = 32
-    cooldown_after: int = 5
-    cooldown_s: float = 30.0
-    strategy: Strategy = field(default_factory=Cheapest)
-    """Order of the candidates, and whether an answer is good enough (``routing.strategy``)."""
-    on_exhausted: Literal["stop", "downgrade"] = "stop"
-    """What a reservation that no longer fits does (``budget.on_exhausted``)."""
-    document_failures_max: int = 5
-    """Chunks of one document failing the same way before the rest of it is skipped."""
-    identical_errors_max: int = 3
-    """Distinct chunks an endpoint that never answered gives one identical error before it
-    is disabled for the run (``pipeline.policy.health``)."""
 
 
 #: Times a chunk waits for endpoints that went to rest after it was planned, before it
@@ -121,27 +91,6 @@ class _Next(Enum):
     STOP = "stop"  # no further candidate can help (budget)
     ESCALATE = "escalate"  # a valid answer, not confident enough: try a dearer tier
     DOWNGRADE = "downgrade"  # the budget cannot cover this one: try cheaper ones
-
-
-@dataclass(slots=True)
-class _Job:
-    """One chunk's way through the candidates."""
-
-    chunk: Chunk
-    sink: Callable[[LedgerEntry], None] | None = None  # sees each entry as it is made
-    attempts: int = 0
-    ledger: list[LedgerEntry] = field(default_factory=list)
-    last_outcome: Outcome | None = None
-    last_error: str | None = None
-    output: str | None = None
-    endpoint: Endpoint | None = None
-    called: Endpoint | None = None  # where the last call went
-    excluded: list[Exclusion] = field(default_factory=list)
-    fallback: tuple[str, Endpoint, str] | None = None  # valid but not confident: kept
-    shortfall: str | None = None  # why the budget refused the last candidate (downgrade)
-    unavailable: dict[str, ExclusionReason] = field(
-        default_factory=dict
-    )  # endpoint → why it took no call
 
 
 class Dispatcher:
@@ -163,13 +112,20 @@ class Dispatcher:
         self.providers = providers
         self.schema = schema
         self.settings = settings
-        self._json_schema = schema.json_schema()
         self._sleep = sleep
         self._rng = random.Random()
         self.strategy = settings.strategy
         self.gates: dict[str, EndpointGate] = dict(gates or {})
         self.breaker = DocumentBreaker(settings.document_failures_max)
         self.health = EndpointHealth(settings.identical_errors_max)
+        self.caller = Caller(
+            run_id=run_id,
+            budget=budget,
+            schema=schema,
+            health=self.health,
+            temperature=settings.temperature,
+            pause_s=settings.backoff_initial_s,
+        )
 
     def gate(self, provider: str) -> EndpointGate:
         """The quota and cooldown gate of ``provider`` (unlimited unless configured)."""
@@ -218,24 +174,24 @@ class Dispatcher:
         self, chunk: Chunk, on_entry: Callable[[LedgerEntry], None] | None = None
     ) -> tuple[Result, list[LedgerEntry]]:
         """The one result of ``chunk`` and the ledger entries of its attempts."""
-        job = _Job(chunk, on_entry)
+        job = ChunkJob(chunk, run_id=self.run_id, schema_name=self.schema.name, sink=on_entry)
         tripped = self.breaker.tripped(chunk.doc_id)
         if tripped is not None:
-            self._record_refusal(job, "document_breaker", tripped)
-            return self._result(job, "skipped", "document_breaker"), job.ledger
+            job.refuse("document_breaker", tripped)
+            return job.result("skipped", "document_breaker"), job.ledger
         try:
             await self._route(job)
-            result = self._finish(job)
+            result = job.finish()
         except errors.LedgerWriteError:
             raise  # infrastructure: the batch stops
         except Exception as exc:  # a bug must not take the batch down with it
             log.exception("chunk %s failed unexpectedly", chunk.chunk_id)
             job.output, job.last_error = None, scrub(f"internal error: {exc!r}")
-            result = self._result(job, "failed", "internal_error")
+            result = job.result("failed", "internal_error")
         self.breaker.observe(result)
         return result, job.ledger
 
-    async def _route(self, job: _Job) -> None:
+    async def _route(self, job: ChunkJob) -> None:
         messages = first_messages(self.settings.instructions, job.chunk.text)
         estimate = prompt_token_estimate(messages, job.chunk.token_estimate)
         max_out = self.settings.max_output_tokens
@@ -247,7 +203,7 @@ class Dispatcher:
         if not candidates:
             outcome, why = plan.refusal(job.chunk)
             if outcome != "no_route" or not self._ended_by_disabling(job):
-                self._record_refusal(job, outcome, why)
+                job.refuse(outcome, why)
             return
         for _ in range(_REST_ROUNDS):  # they may go to rest after planning: wait, then again
             job.unavailable.clear()
@@ -259,12 +215,12 @@ class Dispatcher:
             if all(self._out(e) for e in candidates):
                 break
         if job.output is None and job.shortfall is not None:
-            self._record_refusal(job, "budget_exhausted", job.shortfall)
+            job.refuse("budget_exhausted", job.shortfall)
         elif self._ended_by_disabling(job):
             return  # its result says which endpoint was taken out, and why
         elif job.attempts == 0 and job.last_outcome is None and job.unavailable:
             gone = ", ".join(f"{k} ({why})" for k, why in job.unavailable.items())
-            self._record_refusal(job, "no_route", f"no allowed endpoint was available: {gone}")
+            job.refuse("no_route", f"no allowed endpoint was available: {gone}")
 
     async def _rest_if_all_cooling(self, candidates: list[Endpoint]) -> None:
         """Every allowed endpoint rests: wait for the first to come back, never fail for it."""
@@ -281,7 +237,11 @@ class Dispatcher:
         return None
 
     async def _walk(
-        self, job: _Job, candidates: list[Endpoint], messages: list[dict[str, str]], estimate: int
+        self,
+        job: ChunkJob,
+        candidates: list[Endpoint],
+        messages: list[dict[str, str]],
+        estimate: int,
     ) -> None:
         """Try ``candidates`` in order; escalation skips the tier just left, a downgrade
         skips every candidate not cheaper than the one the budget refused."""
@@ -325,7 +285,7 @@ class Dispatcher:
         return sorted(candidates, key=key)
 
     async def _use_endpoint(
-        self, job: _Job, endpoint: Endpoint, messages: list[dict[str, str]], estimate: int
+        self, job: ChunkJob, endpoint: Endpoint, messages: list[dict[str, str]], estimate: int
     ) -> _Next:
         repairs = transient = 0
         max_out = output_cap(endpoint, self.settings.max_output_tokens)
@@ -337,7 +297,9 @@ class Dispatcher:
                 job.excluded.append(Exclusion(endpoint.key, unavailable))
                 return _Next.NEXT
             try:
-                output = await self._attempt(job, endpoint, messages, max_out)
+                output = await self.caller.call(
+                    job, endpoint, self.providers, self.gate(endpoint.provider), messages, max_out
+                )
             except BudgetShortfall as short:
                 why = short.shortfall.describe(short.amount_usd, endpoint.key)
                 return self._on_shortfall(job, endpoint, why, short.shortfall)
@@ -389,10 +351,10 @@ class Dispatcher:
             "output_truncated`"
         )
 
-    def _on_shortfall(self, job: _Job, endpoint: Endpoint, why: str, short: Shortfall) -> _Next:
+    def _on_shortfall(self, job: ChunkJob, endpoint: Endpoint, why: str, short: Shortfall) -> _Next:
         """The budget cannot cover ``endpoint``: stop, or go on with cheaper candidates."""
         if self.settings.on_exhausted == "stop":
-            self._record_refusal(job, "budget_exhausted", why)
+            job.refuse("budget_exhausted", why)
             return _Next.STOP
         # The run's cap binds every later chunk too; a document's binds only its own.
         if short.scope == "run" and self.router.lower_ceiling(endpoint):
@@ -403,74 +365,11 @@ class Dispatcher:
         job.shortfall = why
         return _Next.DOWNGRADE
 
-    async def _attempt(
-        self, job: _Job, endpoint: Endpoint, messages: list[dict[str, str]], max_out: int
-    ) -> str:
-        """One admitted, reserved, ledgered call; returns the validated JSON or raises."""
-        request = ChatRequest(
-            model=endpoint.model,
-            messages=messages,
-            schema_name=self.schema.name,
-            json_schema=self._json_schema,
-            max_output_tokens=max_out,
-            temperature=self.settings.temperature,
-            structured_mode=endpoint.structured_mode,
-        )
-        gate = self.gate(endpoint.provider)
-        number = job.attempts + 1
-        attempt = Attempt(
-            self.budget,
-            # Every billed input token: messages, schema or tools, the protocol's overhead.
-            reservation_usd(endpoint, input_token_bound(request, endpoint.kind), max_out),
-            document=job.chunk.doc_id,
-            price=endpoint.price.cost_usd,
-            row=partial(ledger_row, self.run_id, job.chunk.chunk_id, number, endpoint),
-            record=job.ledger.append,
-            journal=job.sink,
-        )
-        # Quota first, money second: no reservation is held while queuing for quota.
-        async with gate.slot(prompt_token_estimate(messages, job.chunk.token_estimate) + max_out):
-            try:
-                async with attempt:
-                    job.attempts, job.shortfall, job.called = number, None, endpoint
-                    reply = await self._complete(endpoint, request, gate, job.chunk.chunk_id)
-                    attempt.answered(reply)
-                    return validate_reply(reply, self.schema)
-            finally:
-                if attempt.entry is not None:
-                    job.last_outcome, job.last_error = attempt.reason, attempt.entry.error
-
-    async def _complete(
-        self, endpoint: Endpoint, request: ChatRequest, gate: EndpointGate, chunk_id: str
-    ) -> ProviderReply:
-        """The provider's answer; what it says about its quota and health goes to the gate,
-        and whether it answered at all to ``self.health``."""
-        try:
-            with self.health.call(endpoint, chunk_id) as call:
-                try:
-                    reply = await self.providers[endpoint.provider].complete(request)
-                except errors.ProviderError as exc:
-                    call.failed(exc)
-                    raise
-                call.answered()
-        except errors.ProviderError as exc:
-            if call.disabled is not None:
-                log.warning("disabling %s for this run: %s", endpoint.key, call.disabled.why)
-            gate.observe(exc.limits)
-            if isinstance(exc, errors.RateLimited):
-                gate.pause(exc.retry_after or self.settings.backoff_initial_s)
-            elif isinstance(exc, errors.TransientError):
-                gate.record_failure(exc.retry_after)
-            raise
-        gate.observe(reply.limits)
-        gate.record_success()
-        return reply
-
     def _out(self, endpoint: Endpoint) -> bool:
         """Whether ``endpoint`` is taken out for the run (a rejected key, repeated errors)."""
         return self.router.is_disabled(endpoint.provider) or self.health.out(endpoint) is not None
 
-    def _ended_by_disabling(self, job: _Job) -> bool:
+    def _ended_by_disabling(self, job: ChunkJob) -> bool:
         """Record why a chunk ended if it is because endpoints it may use were disabled
         for the run: ``auth_error`` or ``endpoint_disabled`` with the reason, not a
         ``no_route`` (never sent) or the last call's transient error (sent)."""
@@ -493,7 +392,7 @@ class Dispatcher:
         if not found:
             return False
         first = next(iter(found))
-        self._record_refusal(job, first.outcome, "not sent: " + "; ".join(d.why for d in found))
+        job.refuse(first.outcome, "not sent: " + "; ".join(d.why for d in found))
         return True
 
     def _backoff(self, retry: int, retry_after: float | None) -> float:
@@ -502,52 +401,6 @@ class Dispatcher:
         delay *= 0.5 + self._rng.random() / 2  # jitter: spread the retries of many chunks
         return max(delay, retry_after or 0.0)
 
-    def _record_refusal(self, job: _Job, outcome: Outcome, why: str) -> None:
-        """A decision not to call (no route, no budget): a zero-cost ledger row says why."""
-        job.last_outcome, job.last_error = outcome, why
-        booking = Booking(outcome, Usage(), 0.0, None, why)
-        entry = ledger_row(self.run_id, job.chunk.chunk_id, 0, None, booking, started=time.time())
-        job.ledger.append(entry)
-        if job.sink is not None:
-            try:
-                job.sink(entry)
-            except Exception as exc:
-                raise errors.LedgerWriteError(f"the journal refused a row: {exc!r}") from exc
-
-    def _finish(self, job: _Job) -> Result:
-        if job.output is not None:
-            return self._result(job, "succeeded", None)
-        if job.fallback is not None:
-            job.output, job.endpoint, doubt = job.fallback
-            note = f"kept the answer of {job.endpoint.key}, the dearest tier that answered: {doubt}"
-            return self._result(job, "succeeded", "low_confidence", note)
-        if job.last_outcome == "budget_exhausted" and job.attempts == 0:
-            return self._result(job, "skipped", "budget_exhausted")
-        return self._result(job, "failed", job.last_outcome or "attempts_exhausted")
-
-    def _result(
-        self, job: _Job, status: str, reason: str | None, note: str | None = None
-    ) -> Result:
-        ep = job.endpoint
-        return Result(
-            run_id=self.run_id,
-            chunk_id=job.chunk.chunk_id,
-            doc_id=job.chunk.doc_id,
-            path=job.chunk.path,
-            status=status,  # type: ignore[arg-type]
-            reason=reason,
-            output=job.output,
-            provider=ep.provider if ep else None,
-            model=ep.model if ep else None,
-            region=ep.region if ep else None,
-            attempts=job.attempts,
-            cost_usd=sum(e.cost_usd for e in job.ledger),
-            finished_at=time.time(),
-            schema_name=self.schema.name,
-            error=job.last_error if job.output is None else note,
-            excluded=_excluded_json(job.excluded),
-        )
-
 
 def _more_room(endpoint: Endpoint, prompt_tokens: int, max_out: int) -> int | None:
     """A doubled output cap for a retry after a cut-off answer, if the model allows more."""
@@ -555,11 +408,3 @@ def _more_room(endpoint: Endpoint, prompt_tokens: int, max_out: int) -> int | No
     if roomier <= max_out or not fits(endpoint, prompt_tokens, roomier):
         return None
     return roomier
-
-
-def _excluded_json(excluded: list[Exclusion]) -> str | None:
-    """``Result.excluded``: each (endpoint, reason) once, in the order decided; None if none."""
-    seen = dict.fromkeys((x.endpoint, x.reason) for x in excluded)
-    if not seen:
-        return None
-    return json.dumps([{"endpoint": e, "reason": r} for e, r in seen])

@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from pipeline.dispatch import Dispatcher, DispatchSettings
+from pipeline.dispatch import Dispatcher
 from pipeline.models import Chunk
-from pipeline.policy import BudgetGuard, Endpoint, Router
+from pipeline.policy import BudgetGuard, DispatchSettings, Endpoint, Router
 from pipeline.prices import Price
 from pipeline.providers import (
     ChatRequest,

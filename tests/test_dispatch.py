@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.dispatch import Dispatcher, DispatchSettings
+from pipeline.dispatch import Dispatcher
 from pipeline.models import Chunk, LedgerEntry, Result
-from pipeline.policy import BudgetGuard, Endpoint, Ordered, Router
+from pipeline.policy import BudgetGuard, DispatchSettings, Endpoint, Ordered, Router
 from pipeline.prices import Price
 from pipeline.providers import EndpointSettings, build_provider
 from pipeline.simulator import EndpointProfile

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.dispatch import Dispatcher, DispatchSettings
+from pipeline.dispatch import Dispatcher
 from pipeline.models import Chunk
-from pipeline.policy import BudgetGuard, Endpoint, EndpointGate, Router
+from pipeline.policy import BudgetGuard, DispatchSettings, Endpoint, EndpointGate, Router
 from pipeline.prices import Price
 from pipeline.providers import EndpointSettings, build_provider
 from pipeline.providers.base import RateLimitInfo

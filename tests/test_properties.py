@@ -33,12 +33,13 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from pipeline import errors
-from pipeline.dispatch import Dispatcher, DispatchSettings
+from pipeline.dispatch import Dispatcher
 from pipeline.models import Chunk, Usage
 from pipeline.policy import (
     BudgetGuard,
     Cascade,
     Cheapest,
+    DispatchSettings,
     Endpoint,
     EndpointGate,
     Ordered,

@@ -18,9 +18,9 @@ import pytest
 from pydantic import SecretStr
 
 from pipeline import errors
-from pipeline.dispatch import Dispatcher, DispatchSettings
+from pipeline.dispatch import Dispatcher
 from pipeline.models import Chunk, LedgerEntry, Result
-from pipeline.policy import BudgetGuard, Endpoint, Router
+from pipeline.policy import BudgetGuard, DispatchSettings, Endpoint, Router
 from pipeline.prices import Price
 from pipeline.providers import ChatRequest, EndpointSettings, Provider, build_provider
 from pipeline.providers.errmap import Fields, by_status, mentions_context_overflow

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field, SecretStr, create_model
 
-from pipeline.dispatch import Dispatcher, DispatchSettings
+from pipeline.dispatch import Dispatcher
 from pipeline.models import Chunk
-from pipeline.policy import BudgetGuard, Endpoint, Router
+from pipeline.policy import BudgetGuard, DispatchSettings, Endpoint, Router
 from pipeline.prices import Price
 from pipeline.providers import ChatRequest, EndpointSettings, ProviderReply, build_provider
 from pipeline.providers import anthropic as anthropic_adapter

@@ -20,13 +20,14 @@ import pytest
 from pydantic import BaseModel, Field, SecretStr
 
 from pipeline.config import load_config
-from pipeline.dispatch import Dispatcher, DispatchSettings
+from pipeline.dispatch import Dispatcher
 from pipeline.errors import ConfigError
 from pipeline.models import Chunk, LedgerEntry, Result, Usage
 from pipeline.policy import (
     BudgetGuard,
     Cascade,
     Cheapest,
+    DispatchSettings,
     Endpoint,
     Ordered,
     Router,

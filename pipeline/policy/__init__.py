@@ -1,4 +1,5 @@
-"""Policy: residency (where a chunk may go), budget (what a run may spend), routing (order)."""
+"""Policy: residency (where a chunk may go), budget (what a run may spend), routing (order),
+and the dispatch settings and quota gates a config asks for."""
 
 from pipeline.policy.breaker import DocumentBreaker
 from pipeline.policy.budget import MONTH_WINDOW_S, BudgetGuard, Hold, Shortfall
@@ -22,6 +23,7 @@ from pipeline.policy.routing import (
     reservation_usd,
     strategy_from_config,
 )
+from pipeline.policy.settings import DispatchSettings, dispatch_settings, gates_from_config
 
 __all__ = [
     "MONTH_WINDOW_S",
@@ -30,6 +32,7 @@ __all__ = [
     "Cheapest",
     "Decision",
     "Disabled",
+    "DispatchSettings",
     "DocumentBreaker",
     "Endpoint",
     "EndpointGate",
@@ -44,8 +47,10 @@ __all__ = [
     "Shortfall",
     "Strategy",
     "cost_bound",
+    "dispatch_settings",
     "endpoints_from_config",
     "fits",
+    "gates_from_config",
     "output_cap",
     "reservation_usd",
     "strategy_from_config",
