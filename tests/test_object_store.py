@@ -366,8 +366,8 @@ def test_a_lease_is_renewed_by_its_heartbeat_and_refused_to_another_holder(
 ) -> None:
     import time
 
-    from pipeline.store.fs import RemoteRoot
     from pipeline.store.lease import Lease, LeaseHeldError, read_lease
+    from pipeline.store.remote import RemoteRoot
 
     root = RemoteRoot.open(f"file://{tmp_path / 'bucket'}")
     held = Lease.acquire(root, "r1", state=tmp_path / "a", ttl_s=1.0, heartbeat_s=0.05)

@@ -7,7 +7,9 @@
     store.refresh_catalog()
     print(render(store.query("SELECT outcome, count(*) FROM ledger GROUP BY ALL"), "table"))
 
-See ``store.py`` for the layout and ``catalog.py`` for what user SQL may do.
+See ``store.py`` for the layout and its layers (``Store`` over one ``root.Root``: a
+folder's ``local.LocalRoot`` or an object store's ``remote.RemoteRoot``), and
+``catalog.py`` for what user SQL may do.
 """
 
 from .catalog import CatalogLockedError, QueryError, QueryResult, ReadOnlyQueryError, StoreError

@@ -1,15 +1,14 @@
 """Output roots on object stores: ``s3://bucket/prefix``, ``gs://bucket/prefix``, ``file:///abs``.
 
-A local folder stays a ``Path`` and keeps the store's own code paths (temp file, fsync,
-``os.replace``, ``flock``). A URI becomes a :class:`RemoteRoot` over pyarrow's
-filesystem layer, with a small set of operations: write an object, list a folder, read an
+The layer under ``remote.RemoteRoot``: an :class:`ObjectStore` over pyarrow's filesystem
+layer, with a small set of operations: write an object, list a folder, read an
 object's last bytes or its Parquet schema, delete, move (copy + delete), small JSON, and
 modification times::
 
-    root = RemoteRoot.open("s3://bucket/docroute?endpoint_override=127.0.0.1:9000&scheme=http")
-    root.check()                          # bucket reachable, credentials present, or StoreError
-    root.put_table("ledger/r1/part-00000001-ab12cd34.parquet", table)
-    [info.path for info in root.list_files("ledger")]
+    bucket = ObjectStore.open("s3://bucket/docroute?endpoint_override=127.0.0.1:9000&scheme=http")
+    bucket.check()                        # bucket reachable, credentials present, or StoreError
+    bucket.put_table("ledger/r1/part-00000001-ab12cd34.parquet", table)
+    [info.path for info in bucket.list_files("ledger")]
 
 An object PUT is atomic (the object is whole or absent), so parts are written straight
 under their final name; ``file://`` roots, which are plain folders, write a hidden temp
@@ -34,7 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pyarrow as pa
@@ -112,7 +111,7 @@ def state_dir(uri: str) -> Path:
 
 
 @dataclass(slots=True)
-class RemoteRoot:
+class ObjectStore:
     """An output root behind ``pyarrow.fs``; object names are relative to ``base``."""
 
     uri: RootURI
@@ -121,7 +120,7 @@ class RemoteRoot:
     raw_uri: str
 
     @classmethod
-    def open(cls, uri: str) -> RemoteRoot:
+    def open(cls, uri: str) -> Self:
         shown = RootURI.of(uri)
         scheme = urlsplit(uri).scheme.lower()
         if scheme not in SCHEMES:

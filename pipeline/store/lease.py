@@ -38,7 +38,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .fs import RemoteRoot
+from .remote import RemoteRoot
 
 log = logging.getLogger(__name__)
 
