@@ -35,8 +35,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.batches import drive  # noqa: E402
 from pipeline.config import Config  # noqa: E402
-from pipeline.run import Run, drive, new_run_id  # noqa: E402
+from pipeline.opening import Opening, new_run_id  # noqa: E402
+from pipeline.run import Run  # noqa: E402
 from pipeline.simulator import EndpointProfile, SimulatorProcess  # noqa: E402
 
 KEY_ENV = "DOCROUTE_BENCH_KEY"
@@ -92,11 +94,11 @@ def config_for(
 
 async def run_path(cfg: Config, deadline_s: float) -> dict[str, Any]:
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    async with Run.open(cfg, run_id=new_run_id(), flow="bench") as run:
+    async with Run.open(cfg, Opening.new(new_run_id(), flow="bench")) as run:
         try:
             await asyncio.wait_for(
                 drive(
-                    run.batches(run.corpus_chunks()),
+                    run.batches(),
                     run.process_batch,
                     cfg.routing.parallel_batches,
                 ),

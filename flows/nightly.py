@@ -5,17 +5,22 @@ it, never a task per chunk), progress in the run log, and a summary artifact. A 
 failure is data in the results; a task fails only when a whole batch cannot be
 processed or stored, and then names its stage and batch.
 
-Both flows continue an interrupted run when asked (``resume=True``, what
-``docroute run --resume`` passes) and when Prefect retries the flow run: the run id is
-then derived from the flow run, so every attempt works on the same run, skips the chunks
-committed before, and counts the money already spent against the same cap.
+Which run a flow run opens is decided once (``pipeline.opening.decide``): by the
+``docroute`` command, which passes the ``Opening`` in, or else by the flow from its
+parameters. Both flows continue an interrupted run when asked (``resume=True``) and when
+Prefect retries the flow run: the run id is then derived from the flow run, so every
+attempt works on the same run, skips the chunks committed before, and counts the money
+already spent against the same cap.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: Prefect validates a served flow run's
+# parameters against these annotations in a process where a string naming ``Opening``
+# does not resolve (the flow run fails before it starts).
 
 import asyncio
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC
 from typing import Any
 
@@ -25,11 +30,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as current_flow_run
 from prefect.utilities.annotations import quote
 
+from flows.summary import summary_markdown
+from pipeline.batches import Batch, drive
 from pipeline.config import Config, load_config
 from pipeline.errors import StageError
-from pipeline.family import Selection, rerun_selection
+from pipeline.opening import Opening, Request, decide, new_run_id
 from pipeline.providers.structured import enforcement_warnings
-from pipeline.run import Batch, Run, drive, new_run_id, require_run
+from pipeline.run import Run
 from pipeline.secrets import install_log_scrubber
 from pipeline.store import Store
 
@@ -88,37 +95,22 @@ async def nightly_batch(
     simulate: bool = False,
     resume: bool = False,
     force: bool = False,
+    opening: Opening | None = None,
 ) -> dict[str, Any]:
     """Chunk the corpus of ``config_path``, route every chunk, validate, store, ledger.
 
-    With ``resume``, continue the interrupted run ``run_id`` (a rerun's own chunk
-    selection is taken from its record).
+    ``opening`` is what the command decided (``pipeline.opening``); without one (a
+    scheduled run), the run is decided here: with ``resume``, continue the interrupted
+    run ``run_id`` (a rerun's own chunk selection is taken from its record).
     """
     install_log_scrubber()
     cfg = load_config(config_path, overrides=_budget(budget_usd))
-    run_id, resume = _attempt_of(cfg, run_id, resume)
-    record = Store(cfg.output.root).latest_run(run_id) if resume else None
-    if record is not None and record.selection:
-        return await _rerun(
-            cfg, Selection.from_json(record.selection), run_id, simulate, True, force
-        )
-    get_run_logger().info(
-        "run %s%s · corpus %s · budget $%.2f",
-        run_id,
-        " (resumed)" if resume else "",
-        cfg.corpus.path,
-        cfg.budget.run_usd,
-    )
-    async with Run.open(
-        cfg, run_id=run_id, flow="nightly_batch", simulate=simulate, resume=resume, force=force
-    ) as run:
-        _announce(run)
-        summary = await _drive(run, run.batches(run.corpus_chunks()))
-    return summary | {"status": _status(summary)}
+    request = Request(run_id=run_id, resume=run_id if resume else None, force=force)
+    return await _execute(cfg, _opening(cfg, opening, request), simulate)
 
 
 #: The scheduled form (``docroute serve``, ``deployments/prefect.yaml``): a failed flow run
-#: is retried, and each retry resumes the same run (see ``_attempt_of``).
+#: is retried, and each retry resumes the same run (see ``_opening``).
 scheduled_nightly_batch = nightly_batch.with_options(retries=2, retry_delay_seconds=300)
 
 
@@ -134,6 +126,7 @@ async def rerun_failed(
     providers: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
     force: bool = False,
+    opening: Opening | None = None,
 ) -> dict[str, Any]:
     """Process again the chunks of ``parent_run_id`` that ``statuses``/``reasons``/``providers``
     select (default: failed or skipped), as a child run of it.
@@ -144,71 +137,71 @@ async def rerun_failed(
     """
     install_log_scrubber()
     cfg = load_config(config_path, overrides={**(overrides or {}), **_budget(budget_usd)})
-    store = Store(cfg.output.root)
-    run_id, resume = _attempt_of(cfg, run_id, False)
-    if resume:  # a Prefect retry: attempt one checked it (Run.open reads what it recorded)
-        require_run(store, parent_run_id)
-        selection = Selection(
-            parent_run_id,
-            tuple(statuses or ("failed", "skipped")),
-            tuple(reasons or ()),
-            tuple(providers or ()),
-        )
-    else:  # checked before any record of the child exists
-        selection = rerun_selection(
-            store,
-            cfg,
-            parent_run_id,
-            statuses=statuses,
-            reasons=reasons,
-            providers=providers,
-            force=force,
-        )
-    return await _rerun(cfg, selection, run_id, simulate, resume, force)
-
-
-async def _rerun(
-    cfg: Config, selection: Selection, run_id: str, simulate: bool, resume: bool, force: bool
-) -> dict[str, Any]:
-    get_run_logger().info(
-        "run %s reruns %s chunks of %s%s",
-        run_id,
-        "/".join(selection.statuses),
-        selection.parent_run_id,
-        " (resumed)" if resume else "",
-    )
-    async with Run.open(
-        cfg,
+    request = Request(
         run_id=run_id,
-        flow="rerun_failed",
-        parent_run_id=selection.parent_run_id,
-        selection=selection,
-        resume=resume,
         force=force,
-        simulate=simulate,
-    ) as run:
+        parent_run_id=parent_run_id,
+        statuses=tuple(statuses or ()),
+        reasons=tuple(reasons or ()),
+        providers=tuple(providers or ()),
+    )
+    return await _execute(cfg, _opening(cfg, opening, request), simulate)
+
+
+async def _execute(cfg: Config, opening: Opening, simulate: bool) -> dict[str, Any]:
+    logger = get_run_logger()
+    again = " (resumed)" if opening.resumed else ""
+    if opening.selection is None:
+        logger.info(
+            "run %s%s · corpus %s · budget $%.2f",
+            opening.run_id,
+            again,
+            cfg.corpus.path,
+            cfg.budget.run_usd,
+        )
+    else:
+        logger.info(
+            "run %s reruns %s chunks of %s%s",
+            opening.run_id,
+            "/".join(opening.selection.statuses),
+            opening.selection.parent_run_id,
+            again,
+        )
+    async with Run.open(cfg, opening, simulate=simulate) as run:
         _announce(run)
-        summary = await _drive(run, run.batches(run.rerun_chunks(selection)))
+        summary = await _drive(run, run.batches())
     return summary | {"status": _status(summary)}
 
 
-def _attempt_of(cfg: Config, run_id: str | None, resume: bool) -> tuple[str, bool]:
-    """The run id and whether to resume it, for this attempt of the flow run.
+def _opening(cfg: Config, given: Opening | None, request: Request) -> Opening:
+    """The run this attempt of the flow run opens.
 
+    The one the command decided, if given; else decided here from the flow's parameters.
     A Prefect retry (``run_count > 1``) of a flow run whose run was recorded resumes it;
     without a given run id, the id is derived from the flow run so retries share it.
     """
-    if run_id is None:
-        flow_run_id = current_flow_run.id
-        scheduled = current_flow_run.scheduled_start_time
-        if flow_run_id and scheduled is not None:
-            stamp = scheduled.astimezone(UTC).strftime("%Y%m%d-%H%M%S")
-            run_id = f"{stamp}-{flow_run_id.replace('-', '')[:6]}"
-        else:
-            run_id = new_run_id()
-    if not resume and (current_flow_run.run_count or 1) > 1:
-        resume = Store(cfg.output.root).latest_run(run_id) is not None
-    return run_id, resume
+    retry = (current_flow_run.run_count or 1) > 1
+    if given is not None and not retry:
+        return given
+    store = Store(cfg.output.root)
+    run_id = given.run_id if given else request.resume or request.run_id or _flow_run_id()
+    if retry and request.resume is None and store.latest_run(run_id) is not None:
+        request = Request(resume=run_id, force=request.force or bool(given and given.force))
+    elif given is not None:
+        return given  # a retry of an attempt that recorded nothing: as decided
+    elif request.resume is None:
+        request = replace(request, run_id=run_id)
+    return decide(store, cfg, request)
+
+
+def _flow_run_id() -> str:
+    """A run id shared by every attempt of this flow run (time-based outside a flow run)."""
+    flow_run_id = current_flow_run.id
+    scheduled = current_flow_run.scheduled_start_time
+    if flow_run_id and scheduled is not None:
+        stamp = scheduled.astimezone(UTC).strftime("%Y%m%d-%H%M%S")
+        return f"{stamp}-{flow_run_id.replace('-', '')[:6]}"
+    return new_run_id()
 
 
 def _budget(budget_usd: float | None) -> dict[str, Any]:
@@ -226,37 +219,3 @@ def _announce(run: Run) -> None:
 
 def _status(summary: dict[str, Any]) -> str:
     return "succeeded" if summary["failed"] + summary["skipped"] == 0 else "completed_with_failures"
-
-
-def summary_markdown(s: dict[str, Any]) -> str:
-    """The run summary as the markdown artifact shows it."""
-    lines = [
-        f"# docroute run `{s['run_id']}`",
-        "",
-        "| chunks | succeeded | failed | skipped | documents | unreadable | spend | budget |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {s['chunks']} | {s['succeeded']} | {s['failed']} | {s['skipped']} | "
-        f"{s['documents']} | {s['document_errors']} | ${s['spend_usd']:.4f} | "
-        f"${s['budget_usd']:.2f} |",
-        "",
-        "| provider | attempts | cost (USD) |",
-        "|---|---:|---:|",
-    ]
-    for name, v in s["spend_by_provider"].items():
-        lines.append(f"| {name} | {v['attempts']} | {v['cost_usd']:.6f} |")
-    if s.get("worst_case_attempts"):
-        kinds = ", ".join(f"{n} {o}" for o, n in s["worst_case_attempts"].items())
-        lines += [
-            "",
-            f"Booked at the reserved worst case: ${s['spend_worst_case_usd']:.6f} ({kinds}); "
-            "the provider may have billed less.",
-        ]
-    lines += [f"- {a}" for a in s.get("advice", [])]
-    if s["not_succeeded_by_reason"]:
-        lines += ["", "| not succeeded, by reason | chunks |", "|---|---:|"]
-        lines += [f"| {r} | {n} |" for r, n in s["not_succeeded_by_reason"].items()]
-    if s.get("disabled"):
-        lines += ["", "| disabled for the run | chunks not sent | failed |", "|---|---:|---:|"]
-        lines += [f"| {d['why']} | {d['not_sent']} | {d['failed']} |" for d in s["disabled"]]
-    lines += ["", f"Data: `{s['output_root']}` (catalog `{s['catalog']}`)"]
-    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Run families: resuming a run, reusing committed answers, and what reruns may select.
+"""Run families: versions and idempotency keys, reused answers, resume state, rerun selection.
 
 A *family* is a run started from scratch and every rerun below it (``family_id`` is the
 first run's id). Within a family a chunk's answer is never paid for twice:
@@ -13,13 +13,14 @@ and a run that was interrupted continues where it stopped:
     prior = Prior.load(store, run_id)       # rows already committed by earlier attempts
     prior.done                              # chunk ids with a committed result: skipped
     prior.spent_usd                         # ledger cost so far: counted against the cap
+
+Which run a command opens (new, resumed, a rerun) is decided in ``pipeline.opening``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +30,7 @@ from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.models import Chunk, Result
 from pipeline.store import RunRecord, Store
-from schemas import SchemaSpec, get_schema
-
-log = logging.getLogger(__name__)
+from schemas import SchemaSpec
 
 #: Statuses ``docroute rerun --status`` may select.
 RERUN_STATUSES = ("failed", "skipped", "succeeded")
@@ -307,122 +306,6 @@ def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" for _ in values)
 
 
-def check_rerun(
-    store: Store, parent: RunRecord, versions: Versions, selection: Selection, *, force: bool
-) -> None:
-    """Refuse a rerun that would mix answers of two schemas or prompts, unless forced.
-
-    Mixing happens when the family already holds succeeded answers under the parent's
-    versions and this rerun would add answers under different ones.
-    """
-    changes = versions.differences(parent)
-    if not changes or force:
-        return
-    family = parent.family_id or parent.run_id
-    succeeded = store.read(
-        "SELECT count(*) FROM results r JOIN runs u USING (run_id) "
-        "WHERE coalesce(u.family_id, u.run_id) = ? AND r.status = 'succeeded'",
-        [family],
-    ).rows[0][0]
-    if succeeded:
-        raise ConfigError(
-            f"rerun of {parent.run_id} refused: this config changes {'; '.join(changes)}, "
-            f"and the run family already has {succeeded} succeeded answer(s) under the old "
-            "version, so its results would mix two kinds of answer. Start a new run "
-            "(`docroute run`), or pass --force to mix them knowingly."
-        )
-
-
-def opening(
-    store: Store,
-    cfg: Config,
-    run_id: str,
-    parent_run_id: str | None,
-    selection: Selection | None,
-    *,
-    resume: bool,
-    force: bool,
-) -> dict[str, Any]:
-    """``Run`` keyword arguments for a run about to open: its family, and when resuming
-    its prior rows, chunk selection and start time. Checks a resume is sound."""
-    record = store.latest_run(run_id)
-    if not resume:
-        if record is not None:
-            raise ConfigError(
-                f"run {run_id} already exists under {store.root}; resume it with "
-                f"`docroute run --resume {run_id}` or choose another run id"
-            )
-        family = None
-        if parent_run_id is not None:
-            parent = store.latest_run(parent_run_id)
-            family = (parent.family_id if parent else None) or parent_run_id
-        return {"parent_run_id": parent_run_id, "family_id": family, "selection": selection}
-    record = resumable(store, cfg, run_id, force=force)
-    log.info("resuming run %s (%s)", run_id, record.status)
-    return {
-        "parent_run_id": record.parent_run_id,
-        "family_id": record.family_id or run_id,
-        "selection": Selection.from_json(record.selection) if record.selection else selection,
-        "prior": Prior.load(store, run_id),
-        "started_at": record.started_at,
-    }
-
-
-def resumable(store: Store, cfg: Config, run_id: str, *, force: bool) -> RunRecord:
-    """The record of ``run_id`` if ``cfg`` may resume it; else a ``ConfigError`` saying why."""
-    record = store.latest_run(run_id)
-    if record is None:
-        raise ConfigError(f"run {run_id!r} not found under {store.root}; nothing to resume")
-    check_resume(record, Versions.of(cfg, get_schema(cfg.task.schema_name)), force=force)
-    return record
-
-
-def rerun_selection(
-    store: Store,
-    cfg: Config,
-    parent_run_id: str,
-    *,
-    statuses: Sequence[str] | None = None,
-    reasons: Sequence[str] | None = None,
-    providers: Sequence[str] | None = None,
-    force: bool = False,
-) -> Selection:
-    """What a rerun of ``parent_run_id`` under ``cfg`` takes (default: failed and skipped
-    chunks); a ``ConfigError`` if the parent is unknown or the rerun would mix versions."""
-    parent = store.latest_run(parent_run_id)
-    if parent is None:
-        raise ConfigError(
-            f"run {parent_run_id!r} not found under {store.root} (see `docroute runs`)"
-        )
-    selection = Selection(
-        parent_run_id=parent_run_id,
-        statuses=tuple(statuses or ("failed", "skipped")),
-        reasons=tuple(reasons or ()),
-        providers=tuple(providers or ()),
-    )
-    versions = Versions.of(cfg, get_schema(cfg.task.schema_name))
-    check_rerun(store, parent, versions, selection, force=force)
-    return selection
-
-
-def check_resume(record: RunRecord, versions: Versions, *, force: bool) -> None:
-    """Refuse to resume a finished run, or one whose schema/prompt/model policy changed."""
-    if record.status in ("succeeded", "completed_with_failures"):
-        raise ConfigError(
-            f"run {record.run_id} already finished ({record.status}); nothing to resume. "
-            f"Use `docroute rerun {record.run_id}` for its failed or skipped chunks."
-        )
-    changes = versions.differences(record)
-    if record.model_policy is not None and record.model_policy != versions.model_policy:
-        changes.append(f"model policy {record.model_policy} → {versions.model_policy}")
-    if changes and not force:
-        raise ConfigError(
-            f"run {record.run_id} cannot be resumed with this config: it changes "
-            f"{'; '.join(changes)}. Resume with the config the run started with, or pass "
-            "--force."
-        )
-
-
 __all__ = [
     "RERUN_STATUSES",
     "Prior",
@@ -430,9 +313,4 @@ __all__ = [
     "ReuseIndex",
     "Selection",
     "Versions",
-    "check_rerun",
-    "check_resume",
-    "opening",
-    "rerun_selection",
-    "resumable",
 ]

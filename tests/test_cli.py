@@ -188,12 +188,22 @@ def test_a_killed_first_run_is_listed_as_interrupted(
     journal.append(_ledger("r1", "openai-eu", 0.25))
     journal.close()  # the process died: nobody holds it
     assert not store.catalog_path.exists()
+    written = store.part_files()
 
     assert main(["runs", "--root", str(store.root), "--format", "json"]) == 0
-    (run,) = json.loads(capsys.readouterr().out)
+    listed = capsys.readouterr()
+    (run,) = json.loads(listed.out)
     assert run["run_id"] == "r1" and run["status"] == "interrupted"
+    # Reading wrote nothing: the journal is still there, and the reader was told so.
+    assert "journal of run r1 is not recovered" in listed.err and "docroute recover" in listed.err
+    assert store.part_files() == written and store.latest_run("r1").status == "running"
+
+    assert main(["recover", "--root", str(store.root)]) == 0
+    assert "recovered: 1 ledger entry" in capsys.readouterr().out
     assert main(["sql", "SELECT sum(cost_usd) AS c FROM ledger", "--root", str(store.root)]) == 0
-    assert "0.25" in capsys.readouterr().out
+    queried = capsys.readouterr()
+    assert "0.25" in queried.out and queried.err == ""
+    assert store.latest_run("r1").status == "interrupted"
 
 
 def test_an_empty_resume_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

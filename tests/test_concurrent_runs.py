@@ -21,6 +21,7 @@ import yaml
 from flows.cli import main
 from pipeline.config import load_config
 from pipeline.models import LedgerEntry
+from pipeline.opening import Opening
 from pipeline.run import Run
 from pipeline.store import Store
 from pipeline.store.allocations import RunConflictError
@@ -31,11 +32,12 @@ from tests.conftest import REPO, sample_config_data, write_config
 HOLDER = """
 import asyncio, sys
 from pipeline.config import load_config
+from pipeline.opening import Opening
 from pipeline.run import Run
 
 async def hold():
     cfg = load_config(sys.argv[1])
-    async with Run.open(cfg, run_id=sys.argv[2], flow="test") as run:
+    async with Run.open(cfg, Opening.new(sys.argv[2], flow="test")) as run:
         print(f"open {run.budget.cap_usd:.6f}", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
@@ -104,7 +106,7 @@ def cap_of(config: Path, run_id: str) -> float:
     """The cap ``Run.open`` gives ``run_id`` in this process (opened and closed at once)."""
 
     async def go() -> float:
-        async with Run.open(load_config(config), run_id=run_id, flow="test") as run:
+        async with Run.open(load_config(config), Opening.new(run_id, flow="test")) as run:
             return run.budget.cap_usd
 
     return asyncio.run(go())

@@ -153,7 +153,7 @@ def test_window_wait_is_exact(rpm: int) -> None:
 
 
 def test_drive_overlaps_batches_and_cancels_cleanly() -> None:
-    from pipeline.run import Batch, drive
+    from pipeline.batches import Batch, drive
 
     running = peak = 0
     started: list[str] = []

@@ -338,7 +338,9 @@ def test_a_live_run_on_machine_a_is_neither_marked_interrupted_nor_resumed_on_ma
     try:
         monkeypatch.setenv("DOCROUTE_STATE_DIR", str(tmp_path / "machine-b"))
         sql = ["sql", "SELECT status FROM runs WHERE run_id = 'r-a'", "--root", uri]
-        assert main([*sql, "--format", "csv"]) == 0  # recovers on B first
+        assert main(["recover", "--root", uri]) == 0  # on B: nothing of A's to recover
+        assert "marked interrupted" not in capsys.readouterr().out  # A's lease is fresh
+        assert main([*sql, "--format", "csv"]) == 0
         assert capsys.readouterr().out.split() == ["status", "running"]
         assert main(["run", "--config", str(config), "--resume", "r-a"]) == 2
         err = capsys.readouterr().err
@@ -350,6 +352,8 @@ def test_a_live_run_on_machine_a_is_neither_marked_interrupted_nor_resumed_on_ma
         lease = folder / "_leases" / "r-a.json"
         data = json.loads(lease.read_text())
         lease.write_text(json.dumps(data | {"expires_at": time.time() - 1}))
+        assert main(["recover", "--root", uri]) == 0
+        assert "r-a marked interrupted" in capsys.readouterr().out
         assert main([*sql, "--format", "csv"]) == 0
         assert capsys.readouterr().out.split() == ["status", "interrupted"]
         assert main(["run", "--config", str(config), "--resume", "r-a"]) == 0

@@ -204,7 +204,8 @@ def _spend(run_id: str, cost: float, days_ago: float) -> LedgerEntry:
 def _open_run(tmp_path: Path, earlier: dict[str, list[LedgerEntry]], **budget: Any) -> Any:
     """Write ``earlier`` runs' ledger rows, open a new run; return (cap, results, requests)."""
     from pipeline.config import load_config
-    from pipeline.run import Run, new_run_id
+    from pipeline.opening import Opening, new_run_id
+    from pipeline.run import Run
     from pipeline.store import Store
     from tests.conftest import sample_config_data, write_config
 
@@ -230,7 +231,7 @@ def _open_run(tmp_path: Path, earlier: dict[str, list[LedgerEntry]], **budget: A
     )
 
     async def go() -> Any:
-        async with Run.open(cfg, run_id=new_run_id(), flow="test") as run:
+        async with Run.open(cfg, Opening.new(new_run_id(), flow="test")) as run:
             outcome = await run.dispatcher.run_batch([eu])
             return run.budget.cap_usd, outcome.results
 

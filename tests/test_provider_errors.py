@@ -173,8 +173,8 @@ def test_server_message_reads_every_shape() -> None:
 def test_a_run_whose_eu_key_is_rejected_says_so_in_results_and_summary(
     tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.cli import format_summary
-    from flows.nightly import nightly_batch, summary_markdown
+    from flows.nightly import nightly_batch
+    from flows.summary import format_summary, summary_markdown
     from pipeline.simulator import EndpointProfile
     from pipeline.store import Store
     from tests.conftest import sample_config_data, write_config

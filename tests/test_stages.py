@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from flows.nightly import nightly_batch
+from pipeline.batches import Batch, drive
 from pipeline.errors import StageError
-from pipeline.run import Batch, drive
 from pipeline.store import Store
 from tests.conftest import sample_config_data, write_config
 

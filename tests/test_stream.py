@@ -13,6 +13,7 @@ from pipeline.chunking import chunk_document, chunk_stream
 from pipeline.endpoints import Connections
 from pipeline.ingest import DocumentError, extract_text
 from pipeline.models import Document
+from pipeline.opening import Opening
 from pipeline.run import Run
 from pipeline.store import DocumentRow
 from pipeline.tokens import CharEstimate
@@ -129,7 +130,7 @@ def test_a_run_streams_large_files_and_reads_the_rest_whole(
     _write(corpus / "small.md", 3)
     (corpus / "blank.txt").write_text(" \n" * 40_000)
     cfg = config(corpus, tmp_path)
-    run = Run(cfg, run_id="r1", flow="test", conn=Connections())
+    run = Run(cfg, Opening.new("r1", flow="test"), conn=Connections())
     items = list(run.corpus_chunks())
     rows = {i.path: i for i in items if isinstance(i, DocumentRow)}
     assert (rows["large.txt"].status, rows["small.md"].status) == ("ok", "ok")

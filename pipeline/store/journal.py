@@ -14,10 +14,11 @@ of every call that had completed. The journal closes that gap: each entry is app
 descriptor, so it is in the kernel (and survives ``kill -9``) before the next call.
 The file is flushed to disk (``fsync``) at commit.
 
-``recover(store)`` turns journals left by dead processes into ledger and results parts,
-skipping rows already in a part (a crash between writing the parts and removing the
-journal): ledger rows by ``attempt_id``, results by ``chunk_id``. A chunk whose result
-was journaled is therefore never asked for again when its run resumes. A live writer
+``recover(store)`` (what commands that write, and ``docroute recover``, call first) turns
+journals left by dead processes into ledger and results parts, skipping rows already in a
+part (a crash between writing the parts and removing the journal): ledger rows by
+``attempt_id``, results by ``chunk_id``. A chunk whose result was journaled is therefore
+never asked for again when its run resumes. A live writer
 holds an exclusive ``flock`` on its journal, taken before the journal has its name (it is
 created under a hidden temporary name, locked, then linked as ``<batch>.jsonl``), so
 recovery never touches a journal that is still being written; a journal that vanishes
@@ -31,7 +32,8 @@ A run in progress also holds ``<root>/_journal/<run_id>/run.lock`` (:class:`RunL
 ``recover`` marks a run whose record says ``running`` but whose lock nobody holds as
 ``interrupted``, and ``docroute run --resume`` refuses a run that is still alive. On an
 object-store root a run on another machine is alive while its lease in the bucket is
-fresh (``lease``): it is not marked ``interrupted`` then.
+fresh (``lease``): it is not marked ``interrupted`` then. ``unrecovered(store)`` says what
+``recover`` would find, without writing (what commands that only read tell their user).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -172,7 +175,13 @@ def recover(store: Store) -> int:
 
     Also marks runs left ``running`` by a dead process as ``interrupted``.
     """
-    recovered = 0
+    recovered = sum(_compact(store, path) for path in _unheld(store, fcntl.LOCK_EX))
+    _mark_interrupted(store)
+    return recovered
+
+
+def _unheld(store: Store, lock: int) -> Iterator[Path]:
+    """Each journal no live writer holds, locked (``lock``) while the caller looks at it."""
     for path in sorted((store.state_dir / JOURNAL_DIR).glob("*/*.jsonl")):
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -180,15 +189,53 @@ def recover(store: Store) -> int:
             continue  # committed (or recovered by another process) since the listing
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, lock | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a live writer: not ours to touch
             if _same_file(fd, path):  # not removed between our open and our lock
-                recovered += _compact(store, path)
+                yield path
         finally:
             os.close(fd)
-    _mark_interrupted(store)
-    return recovered
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unrecovered:
+    """What ``recover`` would do on a root, found without writing anything.
+
+    ``journals``: run ids with a journal no live process holds (calls whose cost and
+    results are not in the tables yet); ``stopped``: runs recorded ``running`` whose
+    process is gone (``recover`` records them ``interrupted``).
+    """
+
+    journals: tuple[str, ...] = ()
+    stopped: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.journals or self.stopped)
+
+    def notice(self, root: object) -> str:
+        """One line for a reader of the root: what is missing and the command that adds it."""
+        parts = []
+        if self.journals:
+            parts.append(
+                f"the journal of run {', '.join(self.journals)} is not recovered yet (its last "
+                "calls are not in the ledger or results)"
+            )
+        stopped = [r for r in self.stopped if r not in self.journals]
+        if stopped:
+            parts.append(f"run {', '.join(stopped)} stopped without finishing")
+        return (
+            f"{'; '.join(parts)}: `docroute recover --root {root}` records them "
+            "(run, resume, rerun and compact do too)"
+        )
+
+
+def unrecovered(store: Store) -> Unrecovered:
+    """Journals of dead writers and runs left ``running`` by a dead process; read-only."""
+    journals = {path.parent.name for path in _unheld(store, fcntl.LOCK_SH)}
+    running = store.read("SELECT run_id FROM runs WHERE status = 'running'").rows
+    stopped = tuple(run_id for (run_id,) in running if not _alive(store, run_id))
+    return Unrecovered(tuple(sorted(journals)), stopped)
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -102,7 +102,7 @@ class Store:
         """Whether docroute has written here (a local root's catalog, a remote root's state).
 
         A first run killed before it refreshed the catalog has left its parts and journal
-        but no ``catalog.duckdb``: that is data too (reading it recovers the run).
+        but no ``catalog.duckdb``: that is data too (``docroute recover`` recovers the run).
         """
         return self._root.has_data()
 
@@ -129,6 +129,8 @@ class Store:
 
     def latest_run(self, run_id: str) -> RunRecord | None:
         """The latest record of ``run_id``, or ``None`` if it was never written."""
+        if not self.has_tables(["runs"]):
+            return None  # nothing recorded yet (and asking creates nothing)
         found = self.read("SELECT * FROM runs WHERE run_id = ?", [run_id]).to_dicts()
         return RunRecord.from_row(found[0]) if found else None
 
@@ -186,7 +188,10 @@ class Store:
         catalog.check_read_only(sql)
         path = self.catalog_path  # only a folder has a catalog file to keep current
         if path is not None and catalog.built_for(path, wait_s=self.lock_wait_s) != str(self.root):
-            self.refresh_catalog()  # missing, or copied here from another root
+            # Missing, or copied here from another root: its views are rebuilt. A query
+            # adds no rows (no migration, no recovery: that is what commands that write do).
+            self.write_schema_files()
+            self._root.build_catalog(wait_s=self.lock_wait_s)
         names = catalog.tables_named_in(sql)  # a consistent snapshot of the parts they read
         try:
             with self._root.sandboxed(names, wait_s=self.lock_wait_s) as con:

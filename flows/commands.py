@@ -1,0 +1,325 @@
+"""What each ``docroute`` command does (``flows.cli`` parses the arguments).
+
+    cmd_run(args)      # decide the run (``pipeline.opening``), then the nightly flow
+    cmd_rerun(args)    # decide the child run, then the rerun flow
+    cmd_runs(args), cmd_sql(args), cmd_audit(args)   # read the root; never write to it
+    cmd_recover(args), cmd_compact(args)             # write: recover journals, merge parts
+
+Commands that read only read (no journal recovery, no catalog refresh, no record): a read
+of a root with unrecovered journals says so and names ``docroute recover``. Commands that
+write recover first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from flows.summary import DEFAULT_ROOT, format_summary
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from pipeline.opening import Request, decide
+from pipeline.run import require_run
+from pipeline.store import Store
+from pipeline.store.journal import recover
+
+
+def _config_path(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    env = os.environ.get("DOCROUTE_CONFIG")
+    path = Path(env) if env else Path("docroute.yaml")
+    if not path.exists():
+        raise ConfigError(
+            f"no config at {path}: pass --config FILE (see examples/docroute.yaml) "
+            "or set DOCROUTE_CONFIG"
+        )
+    return path
+
+
+def _root(args: argparse.Namespace) -> Path | str:
+    if args.root is not None:
+        return args.root
+    if (
+        args.config is not None
+        or os.environ.get("DOCROUTE_CONFIG")
+        or Path("docroute.yaml").exists()
+    ):
+        return load_config(_config_path(args.config)).output.root
+    return DEFAULT_ROOT
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.nightly import nightly_batch
+
+    path = _config_path(args.config)
+    cfg = load_config(path)  # a bad file stops here, before Prefect starts
+    if args.dry_run:
+        return _plan(path, args.budget, "table")
+    if args.resume is not None and not args.resume.strip():
+        raise ConfigError("--resume needs the RUN_ID of an interrupted run (see `docroute runs`)")
+    if args.resume and args.run_id and args.resume != args.run_id:
+        raise ConfigError("--resume RUN_ID already names the run; leave out --run-id")
+    if args.force and not args.resume:
+        raise ConfigError("--force only applies with --resume RUN_ID")
+    store = Store(cfg.output.root)  # an unusable object-store root stops here, before any call
+    request = Request(run_id=args.run_id, resume=args.resume or None, force=args.force)
+    opening = decide(store, cfg, request)  # a refused resume stops here, before Prefect
+    _check_startable(cfg, store, opening.run_id)
+    verb = "resume" if opening.resumed else "run"
+    print(f"docroute {verb} {opening.run_id} · config {path}", flush=True)
+    summary = _run_flow(
+        lambda: nightly_batch(
+            config_path=str(path.resolve()),
+            budget_usd=args.budget,
+            simulate=args.simulate,
+            opening=opening,
+        ),
+        opening.run_id,
+        path,
+    )
+    print(format_summary(summary, path))
+    return 0
+
+
+class Interrupted(Exception):
+    """The user stopped a run (Ctrl-C); its record says ``interrupted``."""
+
+
+def _run_flow(flow: Callable[[], Awaitable[Any]], run_id: str, config: Path) -> Any:
+    """Run ``flow()`` against a Prefect API docroute controls (see ``flows.prefect_api``).
+
+    The first Ctrl-C cancels the run: calls in flight get their ledger rows, the run is
+    recorded ``interrupted`` and :class:`Interrupted` names the command that continues it.
+    A second Ctrl-C ends the process at once; what it leaves is what ``kill -9`` leaves,
+    which ``--resume`` recovers.
+    """
+    from flows.prefect_api import prefect_api
+
+    resume = f"docroute run --config {config} --resume {run_id}"
+    main: asyncio.Task[Any] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    stopping = False
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if stopping or main is None or loop is None or main.done():
+            os.write(2, f"\ndocroute: stopped at once; continue with `{resume}`\n".encode())
+            os._exit(130)
+        stopping = True
+        os.write(2, b"\ndocroute: stopping (Ctrl-C again to quit at once) ...\n")
+        loop.call_soon_threadsafe(main.cancel)
+
+    async def top() -> Any:
+        nonlocal main, loop
+        main, loop = asyncio.current_task(), asyncio.get_running_loop()
+        return await flow()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with prefect_api():
+            try:
+                return asyncio.run(top())
+            except asyncio.CancelledError:
+                if not stopping:
+                    raise
+                raise Interrupted(f"run {run_id} interrupted; continue with `{resume}`") from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _check_startable(cfg: Any, store: Store, run_id: str) -> None:
+    """What a run would find out only after Prefect started, said before it does."""
+    from pipeline.store.journal import RunLock
+
+    corpus = cfg.corpus.path
+    if not corpus.is_dir():
+        what = "is not a folder" if corpus.exists() else "does not exist"
+        raise ConfigError(f"corpus.path: {corpus} {what} (expected the folder of documents)")
+    if RunLock.held(store.state_dir, run_id):
+        raise ConfigError(
+            f"run {run_id} is still running in another process; wait for it to end, then "
+            f"`docroute run --resume {run_id}` if it did not finish"
+        )
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from flows.nightly import rerun_failed
+
+    path = _config_path(args.config)
+    overrides = _overrides(args.set)
+    cfg = load_config(path, overrides=overrides)  # bad overrides stop here, before Prefect
+    request = Request(
+        parent_run_id=args.run_id,
+        statuses=tuple(args.status or ()),
+        reasons=tuple(args.reason or ()),
+        providers=tuple(args.provider or ()),
+        force=args.force,
+    )
+    opening = decide(Store(cfg.output.root), cfg, request)  # a refused rerun stops here too
+    print(f"docroute rerun {opening.run_id} · parent {args.run_id} · config {path}", flush=True)
+    summary = _run_flow(
+        lambda: rerun_failed(
+            parent_run_id=args.run_id,
+            config_path=str(path.resolve()),
+            budget_usd=args.budget,
+            simulate=args.simulate,
+            overrides=overrides,
+            opening=opening,
+        ),
+        opening.run_id,
+        path,
+    )
+    print(format_summary(summary, path))
+    return 0
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["task.max_output_tokens=2048"]`` → ``{"task.max_output_tokens": 2048}`` (YAML values)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"--set expects KEY=VALUE like task.max_output_tokens=2048, got {pair!r}"
+            )
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: the value is not valid YAML ({exc})") from None
+    return out
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pipeline.audit import audit
+
+    report = audit(_store(args), args.run_id)
+    if args.format == "json":
+        import json
+
+        _out(json.dumps(report.to_dict(), indent=2))
+    else:
+        _out(report.text())
+    return 0 if report.ok else 1
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    store = _store(args, write=True)
+    if args.run_id:
+        require_run(store, args.run_id)
+    written = store.compact(args.run_id)
+    store.refresh_catalog()
+    print(f"compacted: {written} merged part(s) written under {store.root}")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from pipeline.store.journal import unrecovered
+
+    store = _existing(args)
+    stopped = unrecovered(store).stopped
+    entries = recover(store)
+    store.refresh_catalog()
+    marked = f"; run {', '.join(stopped)} marked interrupted" if stopped else ""
+    print(f"recovered: {entries} ledger entr{'y' if entries == 1 else 'ies'} from journals{marked}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    return _plan(_config_path(args.config), args.budget, args.format)
+
+
+def _plan(path: Path, budget: float | None, fmt: Literal["table", "json"]) -> int:
+    """Print what a run of ``path`` would cost; no provider is connected, nothing written."""
+    from pipeline.plan import make_plan, render_plan
+
+    _out(render_plan(make_plan(load_config(path), config_path=path, budget_usd=budget), fmt))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from pipeline.store import QueryResult, render
+    from pipeline.store.journal import unrecovered
+
+    store = _store(args)
+    result = store.query(
+        "SELECT run_id, parent_run_id AS parent, status, started_at, chunks, succeeded, failed, "
+        "skipped, round(spend_usd, 6) AS spend_usd, budget_usd FROM runs "
+        f"ORDER BY started_at DESC LIMIT {int(args.limit)}"
+    )
+    stopped = set(unrecovered(store).stopped)  # recorded running, process gone
+    rows = [(r[0], r[1], "interrupted" if r[0] in stopped else r[2], *r[3:]) for r in result.rows]
+    _out(render(QueryResult(result.columns, rows), args.format))
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from pipeline.store import render
+
+    _out(render(_store(args).query(args.query), args.format))
+    return 0
+
+
+def _out(text: str) -> None:
+    """Print a rendered result exactly once-terminated (CSV already ends with a newline)."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _existing(args: argparse.Namespace) -> Store:
+    store = Store(_root(args))
+    if not store.has_data():
+        raise ConfigError(
+            f"no docroute data under {store.root} (run `docroute run` first, or pass --root)"
+        )
+    return store
+
+
+def _store(args: argparse.Namespace, *, write: bool = False) -> Store:
+    """The root the command names. Commands that read only read: a root with journals
+    of dead runs not yet recovered is said so on stderr. Commands that write (``write``)
+    recover them first and refresh the catalog."""
+    from pipeline.store.journal import unrecovered
+
+    store = _existing(args)
+    if write:
+        recover(store)  # a killed run's journaled costs become ledger rows first
+        store.refresh_catalog()
+        return store
+    pending = unrecovered(store)
+    if pending:
+        print(f"docroute: note: {pending.notice(store.root)}", file=sys.stderr)
+    return store
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve
+
+    path = _config_path(args.config)
+    load_config(path)
+    serve(path.resolve(), cron=args.cron, timezone=args.timezone, name=args.name, port=args.port)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from pipeline.endpoints import profile_of
+    from pipeline.simulator import serve_forever
+
+    cfg = load_config(_config_path(args.config))
+    profiles = {p.name: profile_of(p) for p in cfg.providers}
+
+    def ready(urls: dict[str, str]) -> None:
+        print("simulated endpoints (Ctrl-C stops):")
+        for name, url in urls.items():
+            print(f"  {name:<20} {url}")
+        sys.stdout.flush()
+
+    serve_forever(profiles, port=args.port, on_ready=ready)
+    return 0
