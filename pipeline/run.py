@@ -84,13 +84,14 @@ class Run:
         *,
         conn: Connections,
         prior: Prior | None = None,
+        store: Store | None = None,
     ) -> None:
         self.cfg = cfg
         self.opening = opening
         self.run_id = opening.run_id
         self.prior = prior or Prior()
         self.conn = conn
-        self.store = Store(cfg.output.root)
+        self.store = store or Store(cfg.output.root)
         self.schema = get_schema(cfg.task.schema_name)
         self.versions = Versions.of(cfg, self.schema)
         self.residency = Residency.from_config(cfg.corpus)
@@ -186,7 +187,7 @@ class Run:
                 notice = conn.notice()
                 if notice:
                     log.info("%s", notice)
-                run = cls(cfg, opening, conn=conn, prior=prior)
+                run = cls(cfg, opening, conn=conn, prior=prior, store=store)
                 run._record("running")
                 run._write_prices()
                 try:
