@@ -149,6 +149,19 @@ class EndpointProfile(BaseModel):
         "llama-cpp-python's server answers `json_schema` (e.g. ['json_schema']).",
     )
     seed: int = Field(default=0, description="Seed of fault and latency draws.")
+    batch_turnaround_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds a batch job takes from create to completed (openai endpoints' "
+        "Batch API): a tenth validating, eight tenths answering its lines one after another, "
+        "a tenth finalizing.",
+    )
+    batch_expire_after_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds after create when a batch job not yet completed expires (its "
+        "done lines kept, the rest failed as `batch_expired`); None = never.",
+    )
 
     def __hash__(self) -> int:
         # Frozen, so hashable like before ``script`` (a list, as the contract says) existed.
@@ -172,7 +185,8 @@ class RequestRecord:
     ``prompt_sha256`` hashes the first user message, so a test can find the calls made for
     a chunk: ``hashlib.sha256(chunk.text.encode()).hexdigest()``. ``status`` is
     ``NO_RESPONSE`` (0) for a dropped connection, and for a ``timeout`` whose client left
-    before ``hang_s`` passed.
+    before ``hang_s`` passed. ``batch_id`` names the batch job a request was answered in
+    (billed at batch prices), None for a synchronous request.
     """
 
     endpoint: str
@@ -184,6 +198,7 @@ class RequestRecord:
     completion_tokens: int
     prompt_sha256: str
     is_repair: bool
+    batch_id: str | None = None  # the provider batch job that carried it; None if sent alone
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data (what ``GET /_sim/requests`` lists)."""

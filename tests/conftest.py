@@ -41,6 +41,30 @@ def simulator() -> Iterator[Any]:
         yield server
 
 
+class Clock:
+    """A monotonic clock that only moves when told (``SimulatorServer(clock=...)``)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def clocked_simulator(clock: Clock) -> Iterator[Any]:
+    """A simulator whose quota windows and batch jobs run on ``clock``."""
+    from pipeline.simulator import SimulatorServer
+
+    with SimulatorServer(clock=clock) as server:
+        yield server
+
+
 @pytest.fixture
 def sim_env(simulator: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The pipeline attaches to this test's simulator instead of starting its own."""

@@ -713,6 +713,9 @@ def test_generator_covers_json_schema_features():
         "protocols",
         "answers",
         "faults",
+        "exchange",
+        "batch_jobs",
+        "batch_lines",
         "app",
     ],
 )

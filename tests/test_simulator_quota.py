@@ -5,7 +5,6 @@ The server's clock is injected, so a minute passes in no time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,25 +19,9 @@ from pipeline.simulator import EndpointProfile, SimulatorServer
 MODEL = "m"
 
 
-class Clock:
-    """A monotonic clock that only moves when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def sim(clock: Clock) -> Iterator[SimulatorServer]:
-    with SimulatorServer(clock=clock) as server:
-        yield server
+def sim(clocked_simulator: SimulatorServer) -> SimulatorServer:
+    return clocked_simulator
 
 
 def user(text: str = "Hello there. This is a chunk.") -> list[dict[str, str]]:

@@ -20,8 +20,15 @@ pipeline.simulator``). Answers are built deterministically from the first user m
 fit the requested JSON schema; usage follows ``tokens.py`` (four characters a token) for
 every protocol.
 
+Openai endpoints also serve OpenAI's Files + Batch API (upload, create, retrieve, list,
+cancel, download), with jobs that take the profile's ``batch_turnaround_s`` on the server's
+clock; their lines are answered like chat requests and logged with ``RequestRecord.batch_id``.
+
 Modules: ``server`` (thread, socket), ``process`` (child process), ``app`` (routes,
-answering), ``faults`` (which fault a request gets, and its error), ``protocols`` (the
+answering), ``exchange`` (a request's draws, answer and log record, shared with batches),
+``batch_openai`` (the Files + Batch routes) over ``batch_jobs`` (jobs, files, their
+schedule) and ``batch_lines`` (input files, answering a line),
+``faults`` (which fault a request gets, and its error), ``protocols`` (the
 table of wires) over ``wire`` (their interface) and ``wire_openai`` / ``wire_gemini`` /
 ``wire_anthropic`` / ``wire_mistral``, ``answers`` over
 ``schema_gen`` + ``fillers`` + ``hints`` (what the model says), ``state``, ``tokens``.

@@ -4,6 +4,7 @@ Routes::
 
     POST /{endpoint}/v1/chat/completions   openai, gemini and mistral endpoints
     POST /{endpoint}/v1/messages           anthropic endpoints
+    /{endpoint}/v1/files…, /v1/batches…    openai endpoints: the Batch API (``batch_openai``)
     PUT  /_sim/endpoints/{name}            register or replace a profile (JSON body)
     GET  /_sim/requests[?endpoint=name]    the request log, as JSON
     GET  /_sim/stats                       per endpoint: counts by fault and status, tokens
@@ -21,7 +22,8 @@ dropped, truncated, refusal), else a normal answer. A normal answer is schema-in
 the first ``invalid_first`` answers or with share ``invalid_rate``, and cut with finish
 reason "length" when it exceeds the request's max tokens. A retried identical body has a
 new draw, so it can succeed, and the run stays reproducible. Which fault, and what each error
-answer says, are plain functions of ``faults``; this module draws, sleeps, answers and logs.
+answer says, are plain functions of ``faults``; the draws, the answer and the log record are
+``exchange``'s (shared with batch jobs); this module sleeps, holds, answers over HTTP, logs.
 
     >>> app = build_app(SimulatorState())
 """
@@ -29,7 +31,6 @@ answer says, are plain functions of ``faults``; this module draws, sleeps, answe
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import random
@@ -47,11 +48,11 @@ from pipeline.sim_profiles import (
     NO_RESPONSE,
     EndpointProfile,
     Fault,
-    RequestRecord,
     check_endpoint_name,
 )
 
-from .answers import answer_for
+from .batch_openai import batch_routes
+from .exchange import draw, generate, invalid_by_profile, record_of
 from .faults import (
     ERROR_FAULTS,
     FAULT_OF,
@@ -62,9 +63,8 @@ from .faults import (
     quota_problem,
 )
 from .protocols import WIRES, base_url
-from .schema_gen import SchemaError
 from .state import Admission, SimulatorState
-from .wire import BadRequest, ChatCall, Problem, Wire, digest_of, partial_call_fields
+from .wire import BadRequest, ChatCall, Problem, Wire
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -130,6 +130,7 @@ def build_app(state: SimulatorState) -> ASGIApp:
 
     routes = [
         *(chat_route(path) for path in _ROUTE_WIRES),
+        *batch_routes(state),
         Route("/_sim/endpoints/{name}", put_endpoint, methods=["PUT"]),
         Route("/_sim/requests", list_requests, methods=["GET"]),
         Route("/_sim/stats", stats, methods=["GET"]),
@@ -230,25 +231,17 @@ class _Exchange:
         admission = self.state.admit(self.name, call.cost)
         if admission.retry_after_s is not None:
             return self.error(call, quota_problem(call, admission), admission)
-        body_sha256 = hashlib.sha256(self.raw).hexdigest()
-        arrival = self.state.arrive(self.name, body_sha256)
-        draw_key = f"{self.profile.seed}|{self.name}|{body_sha256}|{arrival.nth_body}"
-        rng = random.Random(draw_key)
-        latency_ms, fault_draw, invalid_draw = (
-            rng.uniform(*self.profile.latency_ms),
-            rng.random(),
-            rng.random(),
-        )
-        if latency_ms > 0:
-            await asyncio.sleep(latency_ms / 1000)
+        draws = draw(self.state, self.name, self.profile, self.raw)
+        rng, digest, invalid_draw = draws.rng, draws.digest, draws.invalid_draw
+        if draws.latency_ms > 0:
+            await asyncio.sleep(draws.latency_ms / 1000)
         if self.state.holding:  # a test holds answers (``SimulatorState.hold``)
             while self.state.holding:
                 await asyncio.sleep(0.005)
             if self.state.drop_held:
                 self._log(call, NO_RESPONSE, "dropped")
                 raise DropConnection
-        fault = choose_fault(self.profile, arrival.nth_request, fault_draw)
-        digest = digest_of(draw_key)
+        fault = choose_fault(self.profile, draws.nth_request, draws.fault_draw)
         if call.response_format in self.profile.refuse_response_formats:
             return self.error(call, format_problem(call), admission, digest)
         if fault in ERROR_FAULTS:
@@ -273,15 +266,10 @@ class _Exchange:
         rng: random.Random,
         ticket: tuple[int, int] | None = None,
     ) -> Response:
-        try:
-            answer = answer_for(call, fault, invalid, rng)
-        except SchemaError as exc:
-            problem = BadRequest(f"Invalid schema: {exc}", "response_format").problem(call.model)
-            return self.error(call, problem, admission, digest)
-        if fault == "none" and answer.finish == "length":
-            fault = "truncated"
-        elif fault == "none" and invalid:
-            fault = "invalid"
+        generated = generate(call, fault, invalid, rng)
+        if isinstance(generated, Problem):
+            return self.error(call, generated, admission, digest)
+        answer, fault = generated
         self._log(call, 200, fault, answer.completion_tokens, ticket)
         headers = self.wire.headers(digest, admission.quota, None)
         return json_response(self.wire.success(call, answer, digest), 200, headers)
@@ -316,10 +304,7 @@ class _Exchange:
         return self.answer(call, "timeout", invalid, admission, digest, rng, ticket)
 
     def _invalid_by_profile(self, call: ChatCall, fault: Fault, draw: float) -> bool:
-        if call.schema is None or fault == "refusal":
-            return False
-        nth_answer = self.state.next_answer(self.name)
-        return nth_answer < self.profile.invalid_first or draw < self.profile.invalid_rate
+        return invalid_by_profile(self.state, self.name, self.profile, call, fault, draw)
 
     def _log(
         self,
@@ -330,21 +315,7 @@ class _Exchange:
         ticket: tuple[int, int] | None = None,
     ) -> tuple[int, int]:
         """Log the request (or, with a ``ticket``, replace what was logged for it)."""
-        if call is not None:
-            model, text = call.model, call.first_user_text
-        else:
-            model, text = partial_call_fields(self.raw)
-        record = RequestRecord(
-            endpoint=self.name,
-            model=model,
-            received_at=self.received_at,
-            status=status,
-            fault=fault,
-            prompt_tokens=call.prompt_tokens if call else 0,
-            completion_tokens=completion,
-            prompt_sha256=hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
-            is_repair=call.is_repair if call else False,
-        )
+        record = record_of(self.name, call, self.raw, self.received_at, status, fault, completion)
         if ticket is not None:
             self.state.amend(ticket, record)
             return ticket

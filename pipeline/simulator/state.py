@@ -119,9 +119,11 @@ class _Stats:
     by_status: Counter[int] = field(default_factory=Counter)
     prompt_tokens: int = 0  # of 200 answers, like ``tokens_served``
     completion_tokens: int = 0
+    batch_requests: int = 0  # of them, answered inside a batch job
 
     def add(self, record: RequestRecord, sign: int = 1) -> None:
         self.requests += sign
+        self.batch_requests += sign if record.batch_id is not None else 0
         self.by_fault[record.fault] += sign
         self.by_status[record.status] += sign
         if record.status == 200:
@@ -129,13 +131,15 @@ class _Stats:
             self.completion_tokens += sign * record.completion_tokens
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The totals; ``batch_requests`` only once the endpoint answered a batch's line."""
+        totals: dict[str, Any] = {
             "requests": self.requests,
             "by_fault": {k: v for k, v in self.by_fault.items() if v},
             "by_status": {str(k): v for k, v in self.by_status.items() if v},
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
         }
+        return totals | ({"batch_requests": self.batch_requests} if self.batch_requests else {})
 
 
 class SimulatorState:
@@ -150,6 +154,10 @@ class SimulatorState:
         self._generation = 0  # bumped by reset(), so an old ticket cannot amend a new log
         self.holding = False  # answers wait while set (see ``hold``)
         self.drop_held = False
+
+    def now(self) -> float:
+        """The state's clock (monotonic seconds): quota windows and batch jobs run on it."""
+        return self._clock()
 
     def hold(self) -> None:
         """Keep every answer not yet sent waiting (calls stay in flight) until ``release``."""
