@@ -36,6 +36,8 @@ def format_summary(s: dict[str, Any], config: Path) -> str:
             f"    of which ${s['spend_worst_case_usd']:.6f} booked at the reserved worst case "
             f"({kinds}): the provider may have billed less"
         )
+    if s.get("batch", {}).get("requests"):
+        lines.append(f"  batch      {batched(s['batch'])}")
     for i, (reason, n) in enumerate(s["not_succeeded_by_reason"].items()):
         lines.append(f"  {'not done' if i == 0 else '':<10} {n} × {reason}")
     for i, d in enumerate(s.get("disabled", [])):
@@ -82,6 +84,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
             f"Booked at the reserved worst case: ${s['spend_worst_case_usd']:.6f} ({kinds}); "
             "the provider may have billed less.",
         ]
+    if s.get("batch", {}).get("requests"):
+        lines += ["", f"Batch jobs: {batched(s['batch'])}."]
     lines += [f"- {a}" for a in s.get("advice", [])]
     if s["not_succeeded_by_reason"]:
         lines += ["", "| not succeeded, by reason | chunks |", "|---|---:|"]
@@ -94,3 +98,11 @@ def summary_markdown(s: dict[str, Any]) -> str:
 
 
 __all__ = ["DEFAULT_ROOT", "format_summary", "summary_markdown"]
+
+
+def batched(b: dict[str, Any]) -> str:
+    """ "120 requests in batch jobs (118 answered): $0.0120, $0.0120 saved against sync"."""
+    return (
+        f"{b['requests']} requests in batch jobs ({b['answered']} answered): "
+        f"${b['cost_usd']:.4f}, ${b['saved_usd']:.4f} saved against the sync prices"
+    )

@@ -250,9 +250,11 @@ def ledger_row(
     latency_ms: float = 0.0,
     reserved: float = 0.0,
     attempt_id: str | None = None,
+    batch_id: str | None = None,
 ) -> LedgerEntry:
     """The ledger row of attempt ``number`` of a chunk at ``endpoint``; without an endpoint,
-    a decision not to call (attempt 0: no route, no budget, a tripped breaker)."""
+    a decision not to call (attempt 0: no route, no budget, a tripped breaker). With
+    ``batch_id`` the attempt was a request of that provider batch job (``mode`` ``batch``)."""
     usage = booking.usage
     return LedgerEntry(
         run_id=run_id,
@@ -261,7 +263,7 @@ def ledger_row(
         provider=endpoint.provider if endpoint is not None else None,
         model=endpoint.model if endpoint is not None else None,
         region=endpoint.region if endpoint is not None else None,
-        mode="sync",
+        mode="sync" if batch_id is None else "batch",
         started_at=started,
         latency_ms=latency_ms,
         input_tokens=usage.input_tokens,
@@ -276,4 +278,5 @@ def ledger_row(
         request_id=booking.request_id,
         model_reported=booking.model_reported,
         attempt_id=attempt_id or uuid.uuid4().hex,
+        batch_id=batch_id,
     )

@@ -12,14 +12,17 @@ Checks, each over the Parquet parts (nothing is taken from the running code):
   no chunk is stored twice;
 - ``ledger_unique``: no attempt is recorded twice (``attempt_id``);
 - ``cost_matches_prices``: every attempt's cost equals its tokens × the prices the run
-  recorded for that endpoint (the ``prices`` table), to a millionth of a cent; an attempt
-  booked at its worst case (``worst_case_sql``) costs what was reserved for it;
+  recorded for that endpoint (the ``prices`` table; a batch job's request, ``mode`` =
+  ``batch``, at its batch prices), to a millionth of a cent; an attempt booked at its worst
+  case (``worst_case_sql``) costs what was reserved for it;
 - ``worst_case``: how much of the spend is booked at the reserved worst case rather than
   at reported usage: calls in flight when the process died or the run was stopped
   (``interrupted``), calls whose outcome is unknown after the request left (``uncertain``:
   timeouts, cut connections, unreadable answers) and adapter failures without an answer
   (``internal_error``). The provider may have billed less; the ledger never counts less.
   Always ``ok``: it is what a finance owner reconciles against the vendor's invoice;
+- ``batch``: how many attempts were requests of provider batch jobs, what they cost and
+  what the same answers would have cost at the sync prices (always ``ok``; informative);
 - ``parts_whole``: no part of the run is damaged (truncated files are moved to
   ``_quarantine/`` by the store and listed here).
 """
@@ -101,6 +104,7 @@ def audit(store: Store, run_id: str) -> AuditReport:
         _ledger_unique(store, run_id),
         _costs(store, run_id),
         _worst_case(store, run_id),
+        _batched(store, run_id),
     ]
     return AuditReport(run_id=run_id, status=record.status, checks=checks)
 
@@ -199,11 +203,7 @@ def _costs(store: Store, run_id: str) -> Check:
         " SELECT l.attempt_id, l.chunk_id, l.provider, l.model, l.cost_usd, min(abs(l.cost_usd - ("
         f"  CASE WHEN {worst_case_sql('l')} "
         "THEN l.reserved_usd * 1e6 ELSE"
-        "  greatest(l.input_tokens - l.cached_input_tokens - l.cache_write_tokens, 0)"
-        "   * p.input_per_mtok"
-        "  + l.cached_input_tokens * p.cached_input_per_mtok"
-        "  + l.cache_write_tokens * coalesce(p.cache_write_per_mtok, p.input_per_mtok)"
-        "  + l.output_tokens * p.output_per_mtok END) / 1e6)) AS off_by"
+        f"  {_priced_sql(batch='l.mode = ' + repr('batch'))} END) / 1e6)) AS off_by"
         " FROM ledger l LEFT JOIN prices p"
         "  ON p.run_id = l.run_id AND p.provider = l.provider AND p.model = l.model"
         " WHERE l.run_id = ? AND l.provider IS NOT NULL GROUP BY ALL)"
@@ -220,6 +220,44 @@ def _costs(store: Store, run_id: str) -> Check:
     )
 
 
+def _priced_sql(batch: str) -> str:
+    """SQL of ``l``'s tokens × ``p``'s prices in micro-USD; at the batch prices where the
+    condition ``batch`` holds (cached input and cache writes get the input's discount)."""
+    rate = f"CASE WHEN {batch} THEN p.batch_input_per_mtok / nullif(p.input_per_mtok, 0) ELSE 1 END"
+    return (
+        "(greatest(l.input_tokens - l.cached_input_tokens - l.cache_write_tokens, 0)"
+        "   * p.input_per_mtok"
+        "  + l.cached_input_tokens * p.cached_input_per_mtok"
+        "  + l.cache_write_tokens * coalesce(p.cache_write_per_mtok, p.input_per_mtok)) * "
+        f"coalesce({rate}, 1)"
+        f"  + l.output_tokens * CASE WHEN {batch} THEN p.batch_output_per_mtok"
+        "   ELSE p.output_per_mtok END"
+    )
+
+
+def batch_savings(store: Store, run_id: str) -> dict[str, float | int]:
+    """The run's batch requests: how many, how many answered, what they cost and what the
+    same answers would have cost at the sync prices (the run's own price table)."""
+    row = store.read(
+        "SELECT count(*), count(*) FILTER (WHERE l.outcome <> 'batch_unfinished'),"
+        " coalesce(sum(l.cost_usd), 0),"
+        f" coalesce(sum(CASE WHEN {worst_case_sql('l')} THEN l.cost_usd"
+        f"  ELSE ({_priced_sql(batch='false')}) / 1e6 END), 0)"
+        " FROM ledger l LEFT JOIN prices p"
+        "  ON p.run_id = l.run_id AND p.provider = l.provider AND p.model = l.model"
+        " WHERE l.run_id = ? AND l.mode = 'batch'",
+        [run_id],
+    ).rows[0]
+    requests, answered, cost, at_sync = int(row[0]), int(row[1]), float(row[2]), float(row[3])
+    return {
+        "requests": requests,
+        "answered": answered,
+        "cost_usd": cost,
+        "sync_cost_usd": at_sync,
+        "saved_usd": max(at_sync - cost, 0.0),
+    }
+
+
 def worst_case_spend(store: Store, run_id: str) -> tuple[float, dict[str, int]]:
     """The run's spend booked at reserved worst cases, and how many such rows per outcome."""
     rows = store.read(
@@ -228,6 +266,18 @@ def worst_case_spend(store: Store, run_id: str) -> tuple[float, dict[str, int]]:
         [run_id],
     ).rows
     return float(sum(r[2] for r in rows)), {r[0]: int(r[1]) for r in rows}
+
+
+def _batched(store: Store, run_id: str) -> Check:
+    b = batch_savings(store, run_id)
+    if not b["requests"]:
+        return Check("batch", True, "no attempt went through a provider batch job")
+    detail = (
+        f"{b['requests']} attempt(s) in batch jobs ({b['answered']} answered) cost "
+        f"${b['cost_usd']:.6f}; at the sync prices ${b['sync_cost_usd']:.6f}: "
+        f"${b['saved_usd']:.6f} saved"
+    )
+    return Check("batch", True, detail)
 
 
 def _worst_case(store: Store, run_id: str) -> Check:

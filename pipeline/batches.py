@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from pipeline.batch_dispatch import BatchDispatcher
 from pipeline.dispatch import Dispatcher
 from pipeline.errors import LedgerWriteError, Stage, StageError
 from pipeline.family import Prior, ReuseIndex, Versions
@@ -44,7 +45,7 @@ class BatchCommitter:
         self,
         store: Store,
         run_id: str,
-        dispatcher: Dispatcher,
+        dispatcher: Dispatcher | BatchDispatcher,
         versions: Versions,
         reuse: ReuseIndex,
         prior: Prior,

@@ -48,6 +48,7 @@ class ChunkJob:
     unavailable: dict[str, ExclusionReason] = field(
         default_factory=dict
     )  # endpoint → why it took no call
+    avoid: set[str] = field(default_factory=set)  # endpoints tried last (a batch failed there)
 
     def refuse(self, outcome: Outcome, why: str) -> None:
         """A decision not to call (no route, no budget): a zero-cost ledger row says why."""

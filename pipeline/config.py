@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from pipeline.config_sections import (
     BudgetConfig,
@@ -34,6 +34,7 @@ from pipeline.config_sections import (
     OutputConfig,
     ProviderConfig,
     RoutingConfig,
+    ScheduleConfig,
     TaskConfig,
 )
 from pipeline.errors import ConfigError
@@ -47,6 +48,7 @@ class Config(ConfigModel):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     providers: list[ProviderConfig] = Field(min_length=1)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
     @field_validator("providers")
     @classmethod
@@ -67,6 +69,16 @@ class Config(ConfigModel):
             known = ", ".join(sorted(SCHEMAS))
             raise ValueError(f"unknown schema {task.schema_name!r}; expected one of: {known}")
         return task
+
+    @model_validator(mode="after")
+    def _auto_needs_deadline(self) -> Config:
+        s = self.schedule
+        if self.routing.mode == "auto" and s.deadline is None and s.finish_within is None:
+            raise ValueError(
+                'routing.mode auto needs a deadline: set schedule.deadline ("06:00", with '
+                'schedule.timezone) or schedule.finish_within ("4h"), or use mode batch'
+            )
+        return self
 
     def fingerprint(self) -> str:
         """Hash of the effective configuration (recorded with each run)."""

@@ -15,6 +15,7 @@ sections are ``Config``'s.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -40,7 +41,9 @@ __all__ = [
     "Region",
     "ResidencyRule",
     "RoutingConfig",
+    "ScheduleConfig",
     "TaskConfig",
+    "parse_duration",
 ]
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
@@ -186,6 +189,16 @@ class CascadeConfig(ConfigModel):
 
 
 class RoutingConfig(ConfigModel):
+    mode: Literal["sync", "batch", "auto"] = "sync"
+    """``sync``: every chunk is one call at a time (the default). ``batch``: chunks go as
+    provider batch jobs (half price) to every endpoint that offers them, finished within the
+    vendor's 24 h window or ``schedule``'s deadline; the rest is sync. ``auto``: batch jobs
+    while ``schedule``'s deadline allows, what is not back in time finished synchronously
+    before it (needs ``schedule.deadline`` or ``schedule.finish_within``)."""
+    batch_poll_s: float = Field(default=30.0, gt=0)
+    """First wait between two reads of a batch job's status; grows 1.5× per read."""
+    batch_poll_max_s: float = Field(default=300.0, gt=0)
+    """Longest wait between two reads of a batch job's status."""
     strategy: Literal["cheapest", "ordered", "cascade"] = "cheapest"
     """How allowed candidates are ordered: ``cheapest`` worst-case cost first; ``ordered``
     the config's order (providers, then their models); ``cascade`` cheapest first,
@@ -234,6 +247,77 @@ class RoutingConfig(ConfigModel):
         return self
 
 
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"4h"``, ``"1h30m"``, ``"90m"``, ``"2d"``, ``"45s"``.
+
+    >>> parse_duration("1h30m")
+    5400.0
+    """
+    found = _DURATION.match(text.strip()) if text.strip() else None
+    if found is None or not any(found.groups()):
+        raise ValueError(f"{text!r} is not a duration; expected e.g. 4h, 90m, 1h30m, 2d, 45s")
+    d, h, m, s = (int(g or 0) for g in found.groups())
+    return float(((d * 24 + h) * 60 + m) * 60 + s)
+
+
+class ScheduleConfig(ConfigModel):
+    """When a run must be done by (what ``routing.mode: auto | batch`` plans batch jobs for)."""
+
+    deadline: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    """Time of day (``"06:00"``, in ``timezone``) the run must be finished by: the first
+    such moment after the run started."""
+    timezone: str = "UTC"
+    """IANA time zone of ``deadline`` (``Europe/Paris``)."""
+    finish_within: str | None = None
+    """How long after its start the run must be finished (``4h``, ``90m``, ``1h30m``)."""
+
+    @field_validator("finish_within")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; expected e.g. UTC, Europe/Paris"
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_deadline(self) -> ScheduleConfig:
+        if self.deadline is not None and self.finish_within is not None:
+            raise ValueError("set schedule.deadline or schedule.finish_within, not both")
+        return self
+
+    def deadline_after(self, started_at: float) -> float | None:
+        """The epoch second the run must be done by, for a run started at ``started_at``."""
+        if self.finish_within is not None:
+            return started_at + parse_duration(self.finish_within)
+        if self.deadline is None:
+            return None
+        from datetime import datetime, timedelta
+        from zoneinfo import ZoneInfo
+
+        zone = ZoneInfo(self.timezone)
+        start = datetime.fromtimestamp(started_at, zone)
+        hour, minute = (int(x) for x in self.deadline.split(":"))
+        due = start.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if due <= start:
+            due += timedelta(days=1)
+        return due.timestamp()
+
+
 class RateLimitConfig(ConfigModel):
     rpm: int | None = Field(default=None, ge=1)
     """Requests per minute the endpoint allows (your account's tier)."""
@@ -256,6 +340,11 @@ class ModelConfig(ConfigModel):
     """Tokens the model accepts (prompt + output); defaults to the table."""
     max_output_tokens: int | None = Field(default=None, ge=16)
     """Largest answer the model can give; defaults to the table."""
+    batch_input_per_mtok: float | None = Field(default=None, ge=0)
+    """USD per million input tokens through the vendor's batch API; defaults to the table.
+    A model with no batch price is never sent batch jobs."""
+    batch_output_per_mtok: float | None = Field(default=None, ge=0)
+    """USD per million output tokens through the batch API; defaults to the table."""
     structured_output: bool = True
     """Whether the endpoint can answer structured at all; ``false`` leaves it out of routing.
     (An endpoint that only follows instructions still routes: ``structured_mode: prompt``.)"""
@@ -291,6 +380,9 @@ class ProviderConfig(ConfigModel):
     """How the simulator behaves when it stands in for this endpoint (latency, faults)."""
     rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
     """The endpoint's quota; dispatch stays under it."""
+    batch: bool = True
+    """Whether ``routing.mode: batch | auto`` may send this endpoint batch jobs (only where
+    its adapter speaks a batch API: openai, anthropic, mistral, and presets that say so)."""
 
     @model_validator(mode="after")
     def _preset_fits_kind(self) -> ProviderConfig:

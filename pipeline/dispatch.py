@@ -171,10 +171,15 @@ class Dispatcher:
         return outcome
 
     async def process(
-        self, chunk: Chunk, on_entry: Callable[[LedgerEntry], None] | None = None
+        self,
+        chunk: Chunk,
+        on_entry: Callable[[LedgerEntry], None] | None = None,
+        job: ChunkJob | None = None,
     ) -> tuple[Result, list[LedgerEntry]]:
-        """The one result of ``chunk`` and the ledger entries of its attempts."""
-        job = ChunkJob(chunk, run_id=self.run_id, schema_name=self.schema.name, sink=on_entry)
+        """The one result of ``chunk`` and the ledger entries of its attempts; ``job``
+        continues a chunk that already made attempts (a batch job's request)."""
+        if job is None:
+            job = ChunkJob(chunk, run_id=self.run_id, schema_name=self.schema.name, sink=on_entry)
         tripped = self.breaker.tripped(chunk.doc_id)
         if tripped is not None:
             job.refuse("document_breaker", tripped)
@@ -209,7 +214,9 @@ class Dispatcher:
             job.unavailable.clear()
             await self._rest_if_all_cooling(candidates)
             usable = [e for e in candidates if self._unavailable(e) is None] or candidates
-            await self._walk(job, self._balance(usable, estimate), messages, estimate)
+            ordered = self._balance(usable, estimate)
+            ordered.sort(key=lambda e: e.key in job.avoid)  # a batch failed there: reroute first
+            await self._walk(job, ordered, messages, estimate)
             if not job.unavailable or job.attempts or job.last_outcome is not None:
                 break
             if all(self._out(e) for e in candidates):

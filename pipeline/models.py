@@ -36,6 +36,7 @@ Outcome = Literal[
     "output_truncated",  # the answer was cut off at the output cap (billed as reported)
     "document_breaker",  # not sent: too many chunks of its document failed the same way
     "endpoint_disabled",  # the endpoint repeated one error until it was disabled for the run
+    "batch_unfinished",  # its batch job was cancelled or expired before it ran: not billed
 ]
 
 #: Ledger outcomes booked at the reserved worst case rather than at reported usage.
@@ -135,7 +136,10 @@ class LedgerEntry:
     request_id: str | None = None
     model_reported: str | None = None
     attempt_id: str | None = None
-    """Unique per ledger row: what makes journal recovery idempotent."""
+    """Unique per ledger row: what makes journal recovery idempotent. For a request of a
+    batch job it is also the request's ``custom_id``."""
+    batch_id: str | None = None
+    """The provider's batch job that carried the attempt (``mode`` = ``batch``), else None."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 
 from pipeline.models import Usage
@@ -30,6 +30,29 @@ class Price:
     max_output_tokens: int
     priced_at: str
     cache_write_per_mtok: float | None = None  # None: billed as fresh input
+    batch_input_per_mtok: float | None = None
+    """Input through the vendor's batch API (None: the model has no batch price, so docroute
+    sends it no batch jobs)."""
+    batch_output_per_mtok: float | None = None
+
+    @property
+    def batchable(self) -> bool:
+        return self.batch_input_per_mtok is not None and self.batch_output_per_mtok is not None
+
+    def batch(self) -> Price:
+        """The prices of a batch job's requests. Cached input and cache writes get the same
+        discount as fresh input (the vendors' batch discount applies to every token)."""
+        if self.batch_input_per_mtok is None or self.batch_output_per_mtok is None:
+            raise ValueError("this model has no batch price")
+        ratio = self.batch_input_per_mtok / self.input_per_mtok if self.input_per_mtok else 0.0
+        write = self.cache_write_per_mtok
+        return replace(
+            self,
+            input_per_mtok=self.batch_input_per_mtok,
+            output_per_mtok=self.batch_output_per_mtok,
+            cached_input_per_mtok=self.cached_input_per_mtok * ratio,
+            cache_write_per_mtok=None if write is None else write * ratio,
+        )
 
     def cost_usd(self, usage: Usage) -> float:
         """What an attempt cost, from the usage the provider reported."""
@@ -62,8 +85,12 @@ def load_price_table() -> dict[str, Price]:
             context_window=int(row["context_window"]),
             max_output_tokens=int(row["max_output_tokens"]),
             priced_at=row["priced_at"],
-            cache_write_per_mtok=float(row["cache_write_per_mtok"])
-            if row["cache_write_per_mtok"]
-            else None,
+            cache_write_per_mtok=_optional(row["cache_write_per_mtok"]),
+            batch_input_per_mtok=_optional(row["batch_input_per_mtok"]),
+            batch_output_per_mtok=_optional(row["batch_output_per_mtok"]),
         )
     return table
+
+
+def _optional(cell: str | None) -> float | None:
+    return float(cell) if cell else None

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from pipeline.batch_dispatch import BatchDispatcher
 from pipeline.batches import Batch, BatchCommitter
 from pipeline.config import Config
 from pipeline.corpus import read_corpus
@@ -55,6 +56,7 @@ from pipeline.store import (
     Store,
 )
 from pipeline.store.allocations import Seat, admit, granted_usd, monthly_share
+from pipeline.store.intents import Intents
 from pipeline.store.journal import RunBusyError, RunLock, recover
 from pipeline.summary import summarize
 from pipeline.tokens import TokenCounter, get_counter
@@ -101,7 +103,7 @@ class Run:
         self.progress = Progress(budget_usd=self.budget.cap_usd)  # after a monthly cap
         self._count_prior()
         self.started_at = opening.started_at or time.time()
-        self.dispatcher = Dispatcher(
+        self.sync = Dispatcher(
             run_id=self.run_id,
             router=self.router,
             budget=self.budget,
@@ -110,6 +112,19 @@ class Run:
             settings=dispatch_settings(cfg, self.schema),
             gates=gates_from_config(cfg),
         )
+        self.dispatcher: Dispatcher | BatchDispatcher = self.sync
+        r = cfg.routing
+        # Provider batch jobs first (``pipeline.batch_dispatch``); also for a run resumed
+        # in sync mode whose earlier attempt left jobs out: they are read, never resent.
+        if r.mode != "sync" or Intents(self.store.state_dir).pending(self.run_id):
+            self.dispatcher = BatchDispatcher(
+                self.sync,
+                store=self.store,
+                mode="batch" if r.mode == "sync" else r.mode,
+                deadline_at=cfg.schedule.deadline_after(self.started_at),
+                poll_s=r.batch_poll_s,
+                poll_max_s=r.batch_poll_max_s,
+            )
         self.committer = BatchCommitter(
             self.store,
             self.run_id,
@@ -191,7 +206,9 @@ class Run:
                 run._record("running")
                 run._write_prices()
                 try:
+                    await run.adopt_jobs()
                     yield run
+                    await run.finish_jobs()
                 except (KeyboardInterrupt, asyncio.CancelledError):
                     # Stopped from outside (Ctrl-C, a cancelled flow run): nothing failed,
                     # and the run goes on where it stopped.
@@ -211,6 +228,19 @@ class Run:
             if seat is not None:
                 seat.release()  # after the last record: its ledger spend counts from now
             lock.release()
+
+    async def adopt_jobs(self) -> None:
+        """A resumed run takes over the batch jobs its earlier attempt left outstanding."""
+        if isinstance(self.dispatcher, BatchDispatcher):
+            await self.dispatcher.adopt()
+
+    async def finish_jobs(self) -> None:
+        """Book the requests of adopted jobs whose chunks this run never reached."""
+        if isinstance(self.dispatcher, BatchDispatcher):
+            rows = await self.dispatcher.finish()
+            if rows:
+                self.store.write_rows("ledger", self.run_id, rows)
+                self.progress.spend_usd = self.budget.spent_usd
 
     def compact(self) -> None:
         """Merge this run's small parts into one per table (readers never miss or double)."""
@@ -333,6 +363,8 @@ class Run:
                 context_window=e.price.context_window,
                 max_output_tokens=e.price.max_output_tokens,
                 priced_at=e.price.priced_at,
+                batch_input_per_mtok=e.price.batch_input_per_mtok,
+                batch_output_per_mtok=e.price.batch_output_per_mtok,
             )
             for e in self.router.endpoints
         ]

@@ -152,15 +152,16 @@ class EndpointProfile(BaseModel):
     batch_turnaround_s: float = Field(
         default=2.0,
         gt=0,
-        description="Seconds a batch job takes from create to completed (openai endpoints' "
-        "Batch API): a tenth validating, eight tenths answering its lines one after another, "
-        "a tenth finalizing.",
+        description="Seconds a batch job takes from create to completed (OpenAI's Batch API, "
+        "Anthropic's Message Batches and Mistral's batch jobs alike): a tenth validating, "
+        "eight tenths answering its lines one after another, a tenth finalizing.",
     )
     batch_expire_after_s: float | None = Field(
         default=None,
         gt=0,
         description="Seconds after create when a batch job not yet completed expires (its "
-        "done lines kept, the rest failed as `batch_expired`); None = never.",
+        "done lines kept, the rest failed as `batch_expired`, or `expired` in an anthropic "
+        "batch's results); None = never.",
     )
 
     def __hash__(self) -> int:

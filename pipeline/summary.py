@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.audit import worst_case_spend
+from pipeline.audit import batch_savings, worst_case_spend
 from pipeline.config import Config
 from pipeline.store import Store
 
@@ -53,6 +53,7 @@ def summarize(run: Run) -> dict[str, Any]:
         "disabled": disabled(store, run_id),
         "advice": advice(run.cfg, run_id, dict(reasons)),
         "budget_usd": run.cfg.budget.run_usd,
+        "batch": batch_savings(store, run_id),
         "spend_by_provider": {name: {"attempts": n, "cost_usd": c} for name, n, c in per_provider},
         "simulated": list(run.conn.simulated),
         "output_root": str(store.root),

@@ -153,6 +153,17 @@ class BudgetGuard:
                     with self._lock:
                         self._waiters = [(lo, w) for lo, w in self._waiters if w is not waiter]
 
+    def hold_spent(self, amount_usd: float, document: str | None = None) -> Hold:
+        """A hold for money already committed at a provider (the requests of a batch job a
+        resumed run found outstanding), taken even past the cap: it is spent whatever the
+        cap says, so nothing else may use that room. Settle it like any other."""
+        with self._lock:
+            doc = self._account_of(document)
+            self._run.take(amount_usd)
+            if doc is not None:
+                doc.take(amount_usd)
+            return Hold(amount_usd, document if doc is not None else None)
+
     def settle(self, hold: Hold, actual_usd: float) -> None:
         """Replace a reservation by what the call actually cost."""
         with self._lock:

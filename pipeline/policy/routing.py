@@ -36,6 +36,7 @@ from pipeline.config_sections import ModelConfig, RoutingConfig
 from pipeline.errors import ConfigError
 from pipeline.models import Chunk, Outcome
 from pipeline.prices import Price, load_price_table
+from pipeline.providers.presets import speaks_batch
 
 #: Share of the context window kept free for tokenizer differences between the
 #: offline estimate and the provider's own count.
@@ -56,6 +57,9 @@ class Endpoint:
     structured_output: bool
     order: int  # position in the config, the tie-breaker
     structured_mode: str = "json_schema"
+    batch: bool = False
+    """Batch jobs may go here: its adapter speaks a batch API, the config allows it and the
+    model has a batch price (``Price.batch``)."""
 
     @property
     def key(self) -> str:
@@ -79,6 +83,7 @@ def endpoints_from_config(cfg: Config) -> list[Endpoint]:
                     structured_output=m.structured_output,
                     order=len(out),
                     structured_mode=p.structured_mode(m),
+                    batch=p.batch and speaks_batch(p.kind, p.preset) and price.batchable,
                 )
             )
     return out
@@ -95,6 +100,8 @@ def _price_of(m: ModelConfig, table: dict[str, Price], where: str) -> Price:
             max_output_tokens=_pick(m.max_output_tokens, base.max_output_tokens),
             priced_at=base.priced_at,
             cache_write_per_mtok=base.cache_write_per_mtok,
+            batch_input_per_mtok=_pick(m.batch_input_per_mtok, base.batch_input_per_mtok),
+            batch_output_per_mtok=_pick(m.batch_output_per_mtok, base.batch_output_per_mtok),
         )
     if m.input_per_mtok is None or m.output_per_mtok is None or m.context_window is None:
         needed = ("input_per_mtok", "output_per_mtok", "context_window")
@@ -111,6 +118,8 @@ def _price_of(m: ModelConfig, table: dict[str, Price], where: str) -> Price:
         context_window=m.context_window,
         max_output_tokens=_pick(m.max_output_tokens, DEFAULT_MAX_OUTPUT),
         priced_at="config",
+        batch_input_per_mtok=m.batch_input_per_mtok,
+        batch_output_per_mtok=m.batch_output_per_mtok,
     )
 
 
@@ -346,9 +355,12 @@ def cost_bound(e: Endpoint, prompt_tokens: int, max_output_tokens: int) -> float
     return e.price.worst_case_usd(prompt_tokens, output_cap(e, max_output_tokens))
 
 
-def reservation_usd(e: Endpoint, prompt_token_bound: int, max_output_tokens: int) -> float:
+def reservation_usd(
+    e: Endpoint, prompt_token_bound: int, max_output_tokens: int, *, batch: bool = False
+) -> float:
     """The most one call to ``e`` can cost: every prompt token at the dearest input price
-    (a cache write may cost more than fresh input), every output token used."""
-    p = e.price
+    (a cache write may cost more than fresh input), every output token used; at the batch
+    API's prices for a request of a batch job."""
+    p = e.price.batch() if batch else e.price
     input_price = max(p.input_per_mtok, p.cache_write_per_mtok or 0.0)
     return (prompt_token_bound * input_price + max_output_tokens * p.output_per_mtok) / 1e6

@@ -13,20 +13,33 @@ The SDK's retries are off (``max_retries=0``): one call is one HTTP attempt. Usa
 normalised to docroute's convention, where ``input_tokens`` is the whole prompt: Anthropic
 reports fresh, cache-read and cache-write input tokens separately. Every SDK exception is
 translated here; nothing above this module sees an ``anthropic`` type.
+
+Batches (the Message Batches API, ``pipeline.providers.batch``'s contract) carry the same
+params as ``complete`` sends, and their answers become the same replies:
+
+    job_id = await provider.submit(lines, metadata=metadata)   # one messages.batches.create
+    state = await provider.poll(job_id)             # in_progress / canceling → running; ended
+    lines = await provider.results(job_id)          # a LineResult per request, once ended
+
+A batch holds up to 100,000 requests or 256 MB. It has no metadata, so ``find`` recognises
+one by its creation time and size (see there).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import anthropic
 from anthropic import AsyncAnthropic, DefaultAioHttpClient, transform_schema
+from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse
+from anthropic.types.shared import ErrorResponse
 
 from pipeline import errors
 from pipeline.models import Usage
 from pipeline.providers.base import ChatRequest, EndpointSettings, ProviderReply
+from pipeline.providers.batch import BatchLimits, BatchLine, JobPhase, JobState, LineResult
 from pipeline.providers.errmap import (
     Fields,
     by_status,
@@ -48,6 +61,25 @@ _KEYLESS = "no-key"
 # Stop reasons after which the answer is cut short: the budget of output tokens, or the
 # model's context window, ran out.
 _CUT = frozenset({"max_tokens", "model_context_window_exceeded"})
+#: docroute's phase of a batch, by its ``processing_status``.
+_PHASES: dict[str, JobPhase] = {"in_progress": "running", "canceling": "running", "ended": "ended"}
+#: The HTTP status each error type of an errored batch line would have come with alone
+#: (Anthropic's error docs), so the line maps to the error a call would have raised.
+_STATUS_OF_ERROR = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+#: How far from docroute's ``docroute_submitted_at`` a batch ``find`` accepts was created:
+#: a clock a little ahead of the vendor's, or a create that took long to be answered.
+_FIND_BEFORE_S, _FIND_AFTER_S = 120.0, 900.0
 
 
 class AnthropicProvider:
@@ -77,7 +109,151 @@ class AnthropicProvider:
             raise _translate(exc, fields) from exc
         except ValueError as exc:  # a 200 whose body is not JSON
             raise protocol_violation(scrub(str(exc)) or type(exc).__name__, fields) from exc
-        return _reply(message, request, raw.headers)
+        return _reply(message, _forced_tool(request), raw.headers)
+
+    # -- batches (pipeline.providers.batch.BatchProvider) ------------------------------------
+
+    batch_limits = BatchLimits(max_requests=100_000, max_bytes=256 * 1024 * 1024)
+
+    def line_bytes(self, line: BatchLine) -> int:
+        """The request's JSON as the SDK writes it in ``requests``, and the comma after it."""
+        text = json.dumps(_batch_request(line), ensure_ascii=False, separators=(",", ":"))
+        return len(text.encode()) + 1
+
+    async def submit(self, lines: Sequence[BatchLine], *, metadata: dict[str, str]) -> str:
+        """Create one batch of ``lines``. Anthropic keeps no metadata: ``find`` recognises the
+        batch by ``metadata``'s submission time and request count instead."""
+        if not lines:
+            raise ValueError("a batch job needs at least one request")
+        requests: Any = [_batch_request(line) for line in lines]
+        try:
+            batch = await self._client.messages.batches.create(requests=requests)
+        except anthropic.AnthropicError as exc:
+            raise _translate(exc, Fields(self.name, lines[0].request.model)) from exc
+        return batch.id
+
+    async def poll(self, job_id: str) -> JobState:
+        return _job_state(await self._job_call(self._client.messages.batches.retrieve, job_id))
+
+    async def cancel(self, job_id: str) -> JobState:
+        try:
+            return _job_state(await self._client.messages.batches.cancel(job_id))
+        except anthropic.BadRequestError as exc:  # refused because it ended meanwhile?
+            state = await self.poll(job_id)
+            if state.ended:
+                return state
+            raise _translate(exc, Fields(self.name, "")) from exc
+        except anthropic.AnthropicError as exc:
+            raise _translate(exc, Fields(self.name, "")) from exc
+
+    async def results(self, job_id: str) -> list[LineResult]:
+        """Each request's result, read (and checked) from the batch's results file."""
+        raw = await self._job_call(self._client.messages.batches.with_raw_response.results, job_id)
+        try:
+            content = await raw.read()
+        except anthropic.AnthropicError as exc:
+            raise _translate(exc, Fields(self.name, "")) from exc
+        return [self._line_result(row) for row in _rows(content, Fields(self.name, ""))]
+
+    async def find(self, metadata: dict[str, str]) -> str | None:
+        """The batch ``submit`` created for ``metadata``, if one was.
+
+        Anthropic batches carry no metadata, so docroute's intent id cannot be looked up:
+        the closest Anthropic allows is a listed batch created within
+        [``docroute_submitted_at`` - 120 s, + 900 s] holding ``docroute_requests`` requests
+        (the one created nearest that time, if several are). Two jobs of one size submitted
+        within that span cannot be told apart.
+        """
+        submitted, count = _submission(metadata)
+        earliest, latest = submitted - _FIND_BEFORE_S, submitted + _FIND_AFTER_S
+        found: tuple[float, str] | None = None
+        try:
+            async for batch in self._client.messages.batches.list(limit=100):
+                created = batch.created_at.timestamp()
+                if created < earliest:
+                    break  # newest first: the rest are older still
+                fits = created <= latest and _total(batch) == count
+                if fits and (found is None or abs(created - submitted) < found[0]):
+                    found = (abs(created - submitted), batch.id)
+        except anthropic.AnthropicError as exc:
+            raise _translate(exc, Fields(self.name, "")) from exc
+        return found[1] if found else None
+
+    async def _job_call(self, method: Any, job_id: str) -> Any:
+        try:
+            return await method(job_id)
+        except anthropic.AnthropicError as exc:
+            raise _translate(exc, Fields(self.name, "")) from exc
+
+    def _line_result(self, row: dict[str, Any]) -> LineResult:
+        custom_id = str(row.get("custom_id"))
+        try:
+            result = MessageBatchIndividualResponse.model_validate(row).result
+        except ValueError as exc:  # pydantic's ValidationError
+            said = cap(scrub(f"unreadable line of the batch results: {exc}") or "unreadable")
+            return LineResult(custom_id, error=protocol_violation(said, Fields(self.name, "")))
+        if result.type == "succeeded":
+            answer = result.message
+            return LineResult(custom_id, reply=_reply(answer, _tool_used(answer), {}))
+        if result.type == "errored":
+            return LineResult(custom_id, error=_line_error(result.error, self.name))
+        return LineResult(custom_id, unfinished=True)  # canceled or expired: never ran
+
+
+def _batch_request(line: BatchLine) -> dict[str, Any]:
+    return {"custom_id": line.custom_id, "params": _params(line.request)}
+
+
+def _job_state(batch: MessageBatch) -> JobState:
+    counts = batch.request_counts
+    return JobState(
+        job_id=batch.id,
+        phase=_PHASES.get(batch.processing_status, "running"),
+        status=batch.processing_status,
+        total=_total(batch),
+        done=_total(batch) - counts.processing,
+        failed=counts.errored + counts.canceled + counts.expired,
+    )
+
+
+def _total(batch: MessageBatch) -> int:
+    c = batch.request_counts
+    return c.processing + c.succeeded + c.errored + c.canceled + c.expired
+
+
+def _rows(content: bytes, fields: Fields) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(content.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise protocol_violation(
+                f"line {number} of the batch results is not JSON", fields
+            ) from exc
+        if isinstance(row, dict):
+            yield row
+
+
+def _line_error(response: ErrorResponse, provider: str) -> errors.ProviderError:
+    """An errored line as the error its request would have raised alone (``_translate``)."""
+    said = response.error
+    status = _STATUS_OF_ERROR.get(said.type, 500)
+    message = cap(scrub(said.message) or said.type)
+    fields = Fields(provider, "", http_status=status, request_id=response.request_id)
+    overflow = mentions_context_overflow(message, said.type)
+    return by_status(status, message, fields, context_exceeded=overflow)
+
+
+def _submission(metadata: dict[str, str]) -> tuple[float, int]:
+    """(``docroute_submitted_at``, ``docroute_requests``) of a job's metadata."""
+    try:
+        return float(metadata["docroute_submitted_at"]), int(metadata["docroute_requests"])
+    except (KeyError, ValueError) as exc:
+        raise ValueError(
+            "finding an Anthropic batch needs docroute_submitted_at (unix seconds) and "
+            f"docroute_requests (a count) in its metadata, not {metadata!r}"
+        ) from exc
 
 
 def _params(request: ChatRequest) -> dict[str, Any]:
@@ -116,10 +292,11 @@ def _turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     ]
 
 
-def _reply(message: Any, request: ChatRequest, headers: Mapping[str, str]) -> ProviderReply:
+def _reply(message: Any, tool: str | None, headers: Mapping[str, str]) -> ProviderReply:
+    """The reply for ``message``; ``tool`` is the forced tool whose input is the answer."""
     stop = message.stop_reason
     return ProviderReply(
-        text=_answer(message.content, request),
+        text=_answer(message.content, tool),
         finish_reason="length" if stop in _CUT else stop,
         refusal=_refusal(message) if stop == "refusal" else None,
         usage=normalise_usage(message.usage),
@@ -129,11 +306,21 @@ def _reply(message: Any, request: ChatRequest, headers: Mapping[str, str]) -> Pr
     )
 
 
-def _answer(blocks: list[Any], request: ChatRequest) -> str | None:
+def _forced_tool(request: ChatRequest) -> str | None:
+    return request.schema_name if request.structured_mode == "tool" else None
+
+
+def _tool_used(message: Any) -> str | None:
+    """The tool a batch line's answer called: only ``tool`` mode sends tools, and it
+    forces one, so a ``tool_use`` block is that mode's answer."""
+    return next((b.name for b in message.content if b.type == "tool_use"), None)
+
+
+def _answer(blocks: list[Any], tool: str | None) -> str | None:
     """The forced tool's input as JSON text in ``tool`` mode, else the text blocks."""
-    if request.structured_mode == "tool":
+    if tool is not None:
         for block in blocks:
-            if block.type == "tool_use" and block.name == request.schema_name:
+            if block.type == "tool_use" and block.name == tool:
                 return json.dumps(block.input, ensure_ascii=False)
     texts = [block.text for block in blocks if block.type == "text"]
     return "".join(texts) if texts else None

@@ -22,10 +22,11 @@ from typing import Any
 
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
+from openai.types.chat import ChatCompletion
 
 from pipeline import errors
 from pipeline.models import Usage
-from pipeline.providers.base import ChatRequest, EndpointSettings, ProviderReply
+from pipeline.providers.base import ChatRequest, EndpointSettings, ProviderReply, RateLimitInfo
 from pipeline.providers.errmap import (
     Fields,
     by_status,
@@ -38,6 +39,7 @@ from pipeline.providers.errmap import (
     transport,
 )
 from pipeline.providers.headers import openai_limits, parse_duration
+from pipeline.providers.openai_batch import OpenAIBatches
 from pipeline.providers.presets import ErrorShape, Preset, get_preset
 from pipeline.providers.structured import openai_fields
 from pipeline.secrets import scrub
@@ -46,11 +48,12 @@ from pipeline.secrets import scrub
 _KEYLESS = "no-key"
 
 
-class OpenAIProvider:
-    """Adapter for the OpenAI chat-completions protocol."""
+class OpenAIProvider(OpenAIBatches):
+    """Adapter for the OpenAI chat-completions protocol (and its Batch API: ``openai_batch``)."""
 
     max_tokens_param = "max_completion_tokens"
     error_shape: ErrorShape = "object"
+    batch_enabled = True
 
     def __init__(self, settings: EndpointSettings) -> None:
         self.name = settings.name
@@ -80,16 +83,18 @@ class OpenAIProvider:
         except ValueError as exc:  # a 200 whose body is not JSON
             message = scrub(str(exc)) or type(exc).__name__
             raise protocol_violation(message, Fields(self.name, request.model)) from exc
-        choice = completion.choices[0] if completion.choices else None
-        return ProviderReply(
-            text=choice.message.content if choice else None,
-            finish_reason=choice.finish_reason if choice else None,
-            refusal=choice.message.refusal if choice else None,
-            usage=_usage(completion.usage),
-            request_id=raw.headers.get("x-request-id") or completion.id,
-            model_reported=completion.model,
-            limits=openai_limits(raw.headers),
+        return reply_of(
+            completion,
+            raw.headers.get("x-request-id") or completion.id,
+            openai_limits(raw.headers),
         )
+
+    def body(self, request: ChatRequest) -> dict[str, Any]:
+        """The JSON body of ``request`` as sent (what a batch job's line carries)."""
+        params = self._params(request)
+        extra = params.pop("extra_body")
+        del params["messages"]  # the SDK's placeholder: ``extra_body`` carries them
+        return {**params, **extra}
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -181,6 +186,22 @@ _READERS: dict[ErrorShape, Callable[[openai.APIError], _Said]] = {
 }
 
 
+def reply_of(
+    completion: ChatCompletion, request_id: str | None, limits: RateLimitInfo | None
+) -> ProviderReply:
+    """The adapter's reply for a parsed completion (a call's, or a batch job's line)."""
+    choice = completion.choices[0] if completion.choices else None
+    return ProviderReply(
+        text=choice.message.content if choice else None,
+        finish_reason=choice.finish_reason if choice else None,
+        refusal=choice.message.refusal if choice else None,
+        usage=_usage(completion.usage),
+        request_id=request_id,
+        model_reported=completion.model,
+        limits=limits,
+    )
+
+
 def _usage(usage: Any) -> Usage:
     if usage is None:
         return Usage()
@@ -210,4 +231,6 @@ class OpenAICompatibleProvider(OpenAIProvider):
             if not settings.base_url:
                 settings = replace(settings, base_url=found.base_url)
         self.preset = found
+        # Only a service known to speak OpenAI's Batch API gets batch jobs (``Preset.batch``).
+        self.batch_enabled = found is not None and found.batch
         super().__init__(settings)

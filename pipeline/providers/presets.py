@@ -33,6 +33,9 @@ class Preset:
     """Shape of error bodies; ``array`` needs the message pulled out of a list."""
     structured_mode: StructuredMode = "json_schema"
     """How the service takes a schema (``structured.py``), unless a model's config says."""
+    batch: bool = False
+    """The service speaks OpenAI's Files + Batch API (``/v1/files``, ``/v1/batches``), so
+    ``routing.mode: batch | auto`` may send its chunks as batch jobs; others are sync only."""
 
 
 PRESETS: dict[str, Preset] = {
@@ -43,7 +46,10 @@ PRESETS: dict[str, Preset] = {
             "https://generativelanguage.googleapis.com/v1beta/openai/",
             error_shape="array",
         ),
-        Preset("groq", "https://api.groq.com/openai/v1", "max_completion_tokens"),
+        # Groq serves OpenAI's Files + Batch API under /openai/v1 (groq-python's "Add batch
+        # API", 2025-02). Gemini's batch mode and Together's batch jobs have APIs of their own,
+        # not OpenAI's, so their presets stay sync only.
+        Preset("groq", "https://api.groq.com/openai/v1", "max_completion_tokens", batch=True),
         # Together and Ollama take a json_schema response format but do not honour strict.
         Preset("together", "https://api.together.xyz/v1", structured_mode="json_schema_loose"),
         Preset("xai", "https://api.x.ai/v1", "max_completion_tokens"),
@@ -59,6 +65,18 @@ PRESETS: dict[str, Preset] = {
         ),
     )
 }
+
+
+#: Adapters that speak their vendor's batch API (``pipeline/providers/batch.py``).
+BATCH_KINDS = frozenset({"openai", "anthropic", "mistral"})
+
+
+def speaks_batch(kind: str, preset: str | None) -> bool:
+    """Whether an endpoint of ``kind`` (and ``preset``) can be sent batch jobs."""
+    if kind == "openai_compatible":
+        found = get_preset(preset)
+        return found is not None and found.batch
+    return kind in BATCH_KINDS
 
 
 def get_preset(name: str | None) -> Preset | None:

@@ -20,14 +20,17 @@ pipeline.simulator``). Answers are built deterministically from the first user m
 fit the requested JSON schema; usage follows ``tokens.py`` (four characters a token) for
 every protocol.
 
-Openai endpoints also serve OpenAI's Files + Batch API (upload, create, retrieve, list,
-cancel, download), with jobs that take the profile's ``batch_turnaround_s`` on the server's
-clock; their lines are answered like chat requests and logged with ``RequestRecord.batch_id``.
+Each vendor's batch API is served too: OpenAI's Files + Batch API on openai endpoints,
+Anthropic's Message Batches on anthropic ones, Mistral's files and batch jobs on mistral
+ones (upload, create, retrieve, list, cancel, results), with jobs that take the profile's
+``batch_turnaround_s`` on the server's clock; their lines are answered like chat requests
+and logged with ``RequestRecord.batch_id``.
 
 Modules: ``server`` (thread, socket), ``process`` (child process), ``app`` (routes,
 answering), ``exchange`` (a request's draws, answer and log record, shared with batches),
-``batch_openai`` (the Files + Batch routes) over ``batch_jobs`` (jobs, files, their
-schedule) and ``batch_lines`` (input files, answering a line),
+``batch_openai`` (the files routes, and OpenAI's batches), ``batch_anthropic``,
+``batch_mistral``, over ``batch_http`` (their endpoint and key checks), ``batch_jobs``
+(jobs, files, their schedule) and ``batch_lines`` (input files, answering a line),
 ``faults`` (which fault a request gets, and its error), ``protocols`` (the
 table of wires) over ``wire`` (their interface) and ``wire_openai`` / ``wire_gemini`` /
 ``wire_anthropic`` / ``wire_mistral``, ``answers`` over

@@ -4,7 +4,10 @@ Routes::
 
     POST /{endpoint}/v1/chat/completions   openai, gemini and mistral endpoints
     POST /{endpoint}/v1/messages           anthropic endpoints
-    /{endpoint}/v1/files…, /v1/batches…    openai endpoints: the Batch API (``batch_openai``)
+    /{endpoint}/v1/files…                  openai and mistral endpoints (``batch_openai``)
+    /{endpoint}/v1/batches…                openai endpoints: the Batch API (``batch_openai``)
+    /{endpoint}/v1/messages/batches…       anthropic endpoints (``batch_anthropic``)
+    /{endpoint}/v1/batch/jobs…             mistral endpoints (``batch_mistral``)
     PUT  /_sim/endpoints/{name}            register or replace a profile (JSON body)
     GET  /_sim/requests[?endpoint=name]    the request log, as JSON
     GET  /_sim/stats                       per endpoint: counts by fault and status, tokens
@@ -51,6 +54,7 @@ from pipeline.sim_profiles import (
     check_endpoint_name,
 )
 
+from . import batch_anthropic, batch_mistral
 from .batch_openai import batch_routes
 from .exchange import draw, generate, invalid_by_profile, record_of
 from .faults import (
@@ -130,6 +134,8 @@ def build_app(state: SimulatorState) -> ASGIApp:
 
     routes = [
         *(chat_route(path) for path in _ROUTE_WIRES),
+        *batch_anthropic.batch_routes(state),
+        *batch_mistral.batch_routes(state),
         *batch_routes(state),
         Route("/_sim/endpoints/{name}", put_endpoint, methods=["PUT"]),
         Route("/_sim/requests", list_requests, methods=["GET"]),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -207,9 +208,17 @@ class BatchStore:
         self._jobs: dict[str, BatchJob] = {}
 
     def add_file(
-        self, endpoint: str, filename: str, purpose: str, content: bytes, at: int
+        self,
+        endpoint: str,
+        filename: str,
+        purpose: str,
+        content: bytes,
+        at: int,
+        file_id: str | None = None,
     ) -> StoredFile:
-        stored = StoredFile(new_id("file-", 24), endpoint, filename, purpose, content, at)
+        """Keep a file; its id is ``file_id`` (a vendor's own form of id) or a new ``file-…``."""
+        file_id = file_id or new_id("file-", 24)
+        stored = StoredFile(file_id, endpoint, filename, purpose, content, at)
         self._files[stored.id] = stored
         return stored
 
@@ -233,6 +242,22 @@ class BatchStore:
     def jobs(self, endpoint: str) -> list[BatchJob]:
         """The endpoint's jobs, newest first (as the API lists them)."""
         return [job for job in reversed(self._jobs.values()) if job.endpoint == endpoint]
+
+    def delete_job(self, endpoint: str, batch_id: str) -> bool:
+        """Forget the endpoint's job ``batch_id``; False if it has none by that id."""
+        found = self.job(endpoint, batch_id) is not None
+        if found:
+            del self._jobs[batch_id]
+        return found
+
+
+def store_of(state: object) -> BatchStore:
+    """The one store of ``state``'s simulator, shared by every vendor's batch routes (a file
+    uploaded through the files routes is read by another vendor's job routes)."""
+    return _STORES.setdefault(state, BatchStore())
+
+
+_STORES: weakref.WeakKeyDictionary[object, BatchStore] = weakref.WeakKeyDictionary()
 
 
 def new_id(prefix: str, length: int) -> str:

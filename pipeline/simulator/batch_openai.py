@@ -21,6 +21,10 @@ Through the official SDK, as a test does::
     ...                                                   # later: status "completed"
     client.files.content(client.batches.retrieve(batch.id).output_file_id).text
 
+The files routes serve ``mistral`` endpoints too (Mistral's jobs, ``batch_mistral``, read
+their input from them): there they answer with Mistral's file objects and errors, and take
+Mistral's purposes (``batch``, ``fine-tune`` by default, …).
+
 A job advances only when it is read (retrieved, listed or cancelled): then the lines its
 schedule has reached (``batch_jobs``) are answered (``batch_lines``) and logged, and a job
 that has ended gets its output and error files. The key is checked as on the chat route;
@@ -30,7 +34,6 @@ an unknown id is a 404 in OpenAI's error shape.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,76 +43,82 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .batch_jobs import CHAT_COMPLETIONS, TERMINAL, BatchJob, BatchStore, new_id
+from pipeline.sim_profiles import ProtocolName
+
+from . import batch_mistral
+from .batch_http import Handler, error_body, guarded, json_body
+from .batch_jobs import (
+    CHAT_COMPLETIONS,
+    TERMINAL,
+    BatchJob,
+    BatchStore,
+    StoredFile,
+    new_id,
+    store_of,
+)
 from .batch_lines import answer_line, read_input, stopped_line
-from .faults import key_problem
 from .protocols import WIRES
 from .state import SimulatorState
-from .wire import BadRequest, Problem
+from .wire import BadRequest, Problem, Wire
 
 __all__ = ["batch_routes"]
 
 _WIRE = WIRES["openai"]
 _PURPOSES = frozenset(("assistants", "batch", "fine-tune", "vision", "user_data", "evals"))
+#: The protocols whose endpoints the files routes serve (the batch routes: openai only).
+_FILE_PROTOCOLS: frozenset[ProtocolName] = frozenset(("openai", "mistral"))
+_BATCH_PROTOCOLS: frozenset[ProtocolName] = frozenset(("openai",))
 _MAX_BATCH_FILE_BYTES = 200 * 1024 * 1024
 _CREATE_FIELDS = frozenset(
     ("input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after")
 )
-Handler = Callable[[Request, str], Awaitable[Response]]
 
 
 def batch_routes(state: SimulatorState) -> list[Route]:
-    """The Files and Batch API routes over ``state``, with their own store of jobs."""
-    api = _BatchAPI(state, BatchStore())
-    spec = (
+    """The Files and Batch API routes over ``state``, on the store its batch routes share."""
+    api = _BatchAPI(state, store_of(state))
+    files = (
         ("/v1/files", "POST", api.upload),
         ("/v1/files/{file_id}", "GET", api.retrieve_file),
         ("/v1/files/{file_id}", "DELETE", api.delete_file),
         ("/v1/files/{file_id}/content", "GET", api.file_content),
+    )
+    batches = (
         ("/v1/batches", "POST", api.create),
         ("/v1/batches", "GET", api.list_batches),
         ("/v1/batches/{batch_id}", "GET", api.retrieve),
         ("/v1/batches/{batch_id}/cancel", "POST", api.cancel),
     )
-    return [Route("/{endpoint}" + path, api.guarded(h), methods=[m]) for path, m, h in spec]
+    return [
+        Route("/{endpoint}" + path, api.guarded(h, protocols), methods=[m])
+        for routes, protocols in ((files, _FILE_PROTOCOLS), (batches, _BATCH_PROTOCOLS))
+        for path, m, h in routes
+    ]
 
 
 class _BatchAPI:
     def __init__(self, state: SimulatorState, store: BatchStore) -> None:
         self.state, self.store = state, store
 
-    def guarded(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        """``handler`` behind the endpoint (an openai one) and key checks; 400s as answers."""
-
-        async def route(request: Request) -> Response:
-            name = request.path_params["endpoint"]
-            profile = self.state.profile(name)
-            if profile is None or profile.protocol != "openai":
-                path = request.url.path
-                return _error(Problem("not_found", f"Invalid URL ({request.method} {path})"))
-            if profile.api_key is not None:
-                problem = key_problem(profile, _WIRE.presented_key(request.headers))
-                if problem is not None:
-                    return _error(problem)
-            try:
-                return await handler(request, name)
-            except BadRequest as exc:
-                return _error(exc.problem())
-
-        return route
+    def guarded(
+        self, handler: Handler, protocols: frozenset[ProtocolName]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        return guarded(self.state, handler, protocols)
 
     # -- files -----------------------------------------------------------------------------
 
     async def upload(self, request: Request, name: str) -> Response:
+        mistral = self._protocol(name) == "mistral"
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise BadRequest("The request must be multipart/form-data with a file and a purpose.")
         async with request.form(max_part_size=_MAX_BATCH_FILE_BYTES) as form:
-            upload, purpose = form.get("file"), form.get("purpose")
+            upload = form.get("file")
+            purpose = form.get("purpose", "fine-tune" if mistral else None)
             if not isinstance(upload, UploadFile):
                 raise BadRequest(
                     "Missing required parameter: 'file'.", "file", "missing_required_parameter"
                 )
-            if purpose not in _PURPOSES:
+            if purpose not in (batch_mistral.PURPOSES if mistral else _PURPOSES):
                 raise BadRequest(
                     f"Invalid value for 'purpose': {purpose!r}.", "purpose", "invalid_value"
                 )
@@ -118,24 +127,45 @@ class _BatchAPI:
             raise BadRequest("Invalid file format for Batch API. Must be .jsonl", "file")
         if purpose == "batch" and len(content) > _MAX_BATCH_FILE_BYTES:
             raise BadRequest("The batch input file is larger than the 200 MB limit.", "file")
-        stored = self.store.add_file(name, filename, purpose, content, int(time.time()))
-        return _json(stored.to_dict())
+        file_id = batch_mistral.new_file_id() if mistral else None
+        stored = self.store.add_file(name, filename, purpose, content, int(time.time()), file_id)
+        return self._file_json(name, stored)
 
     async def retrieve_file(self, request: Request, name: str) -> Response:
         stored = self.store.file(name, request.path_params["file_id"])
-        return _json(stored.to_dict()) if stored else _no_file(request)
+        if stored is None:
+            return self._no_file(request, name)
+        return self._file_json(name, stored, retrieved=True)
 
     async def file_content(self, request: Request, name: str) -> Response:
         stored = self.store.file(name, request.path_params["file_id"])
         if stored is None:
-            return _no_file(request)
+            return self._no_file(request, name)
         return Response(stored.content, media_type="application/octet-stream")
 
     async def delete_file(self, request: Request, name: str) -> Response:
         file_id = request.path_params["file_id"]
         if not self.store.delete_file(name, file_id):
-            return _no_file(request)
-        return _json({"id": file_id, "object": "file", "deleted": True})
+            return self._no_file(request, name)
+        return _json({"id": file_id, "object": "file", "deleted": True}, wire=self._wire(name))
+
+    def _protocol(self, name: str) -> ProtocolName:
+        profile = self.state.profile(name)
+        assert profile is not None  # ``guarded`` let only registered endpoints through
+        return profile.protocol
+
+    def _wire(self, name: str) -> Wire:
+        return WIRES[self._protocol(name)]
+
+    def _file_json(self, name: str, stored: StoredFile, *, retrieved: bool = False) -> Response:
+        """The endpoint's vendor's file object (Mistral's says ``deleted`` when retrieved)."""
+        if self._protocol(name) != "mistral":
+            return _json(stored.to_dict())
+        return _json(batch_mistral.file_object(stored, retrieved), wire=self._wire(name))
+
+    def _no_file(self, request: Request, name: str) -> Response:
+        file_id = request.path_params["file_id"]
+        return _error(Problem("not_found", f"No such File object: {file_id}"), self._wire(name))
 
     # -- batches ---------------------------------------------------------------------------
 
@@ -267,19 +297,12 @@ def _limit(value: str | None) -> int:
     return int(value)
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    headers = _WIRE.headers(os.urandom(32).hex(), None, None)
-    content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(content, status, headers, media_type="application/json")
+def _json(body: Any, status: int = 200, wire: Wire = _WIRE) -> Response:
+    return json_body(body, status, wire=wire)
 
 
-def _error(problem: Problem) -> Response:
-    status, body = _WIRE.error(problem)
-    return _json(body, status)
-
-
-def _no_file(request: Request) -> Response:
-    return _error(Problem("not_found", f"No such File object: {request.path_params['file_id']}"))
+def _error(problem: Problem, wire: Wire = _WIRE) -> Response:
+    return error_body(problem, wire)
 
 
 def _no_batch(request: Request) -> Response:

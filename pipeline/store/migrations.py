@@ -72,6 +72,8 @@ MIGRATIONS: list[tuple[str, Callable[[Store], None]]] = [
     ("0001_baseline", _baseline),
     ("0002_part_schemas", _part_schemas),
     ("0003_runs_family", _runs_family),
+    # ledger.batch_id and the prices' batch columns (batch jobs): older parts read as NULL.
+    ("0004_batch_columns", _part_schemas),
 ]
 
 

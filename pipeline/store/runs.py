@@ -102,6 +102,8 @@ class PriceRow:
     max_output_tokens: int
     priced_at: str
     cache_write_per_mtok: float | None = None
+    batch_input_per_mtok: float | None = None
+    batch_output_per_mtok: float | None = None
 
 
 def stamped(record: RunRecord) -> RunRecord:

@@ -131,6 +131,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("request_id", _STR, True),
         ("model_reported", _STR, True),
         ("attempt_id", _STR, True),
+        ("batch_id", _STR, True),
     ),
     # The prices each run counted with (one row per endpoint), so `docroute audit` can
     # recompute every ledger cost from the run's own price table.
@@ -146,6 +147,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("context_window", _INT),
         ("max_output_tokens", _INT),
         ("priced_at", _STR),
+        ("batch_input_per_mtok", _FLOAT, True),
+        ("batch_output_per_mtok", _FLOAT, True),
     ),
 }
 

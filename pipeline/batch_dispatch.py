@@ -1,0 +1,592 @@
+"""Chunks as provider batch jobs (half price), finished synchronously where time runs out.
+
+    dispatcher = BatchDispatcher(sync_dispatcher, store=store, mode="auto",
+                                 deadline_at=started + 4 * 3600, poll_s=30, poll_max_s=300)
+    await dispatcher.adopt()                 # a resumed run: jobs its earlier attempt left
+    outcome = await dispatcher.run_batch(chunks, on_result=..., on_entry=journal.append)
+    await dispatcher.finish()                # at the end of the run
+
+For each chunk of a batch (``routing.mode`` ``batch`` or ``auto``), the router's candidates
+are planned as for a sync call (residency, windows, structured output); the cheapest at
+batch prices among those that take batch jobs (``Endpoint.batch``, an adapter that
+``supports_batch``) is chosen. Chunks are grouped by (endpoint, allowed regions), so a job
+never mixes chunks whose regions differ, and split to the vendor's limits
+(``BatchLimits``). For each request the worst case at batch prices is reserved from the
+budget before the job is created; a request the budget cannot hold right now goes the sync
+way instead, where the budget's usual rules (wait, refuse, downgrade) apply.
+
+Exactly once: the job's intent (every ``custom_id`` = attempt id) is saved before the
+create call and the job id as soon as it returns (``pipeline.store.intents``). A resumed
+run adopts what its earlier attempt left (``adopt``): a job with an id is polled, an
+intent without one is looked for in the vendor's listing by its metadata, and only one the
+vendor does not know is forgotten (it was never created); its chunks are dispatched anew.
+Each request gets one ledger row (``mode`` ``batch``, ``batch_id``), journaled when its
+answer is read, and a request already in the ledger is never booked again, however often
+the job is read.
+
+Jobs are polled with backoff (``poll_s`` growing 1.5× to ``poll_max_s``), each read logged
+with its progress. At the fallback moment (the deadline less the time the job's requests
+would take synchronously, and a margin) an unfinished job is cancelled; what it completed
+is kept, the rest (``batch_unfinished``: not billed) goes sync, as do expired jobs' and
+failed jobs' requests. An answer that fails validation or an error line sends its chunk
+the sync way too, the endpoint that failed tried last (rerouted first). A request whose
+job has not ended when the run must finish is booked ``uncertain`` at its reserved worst
+case: the vendor may still bill it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline import errors
+from pipeline.attempt import Booking, ledger_row
+from pipeline.chunk_job import ChunkJob
+from pipeline.dispatch import Dispatcher
+from pipeline.models import BatchOutcome, Chunk, LedgerEntry, Result, Usage
+from pipeline.policy import Endpoint, Hold, output_cap, reservation_usd
+from pipeline.providers import ChatRequest
+from pipeline.providers.batch import BatchLine, BatchProvider, LineResult, split, supports_batch
+from pipeline.providers.bounds import input_token_bound
+from pipeline.secrets import scrub
+from pipeline.store import Store
+from pipeline.store.intents import Intents, JobIntent, JobRequest
+from pipeline.validation import first_messages, prompt_token_estimate, validate_reply
+
+__all__ = ["SYNC_CALL_S", "BatchDispatcher", "BatchStats"]
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["batch", "auto"]
+#: The time one synchronous call is assumed to take, to decide when the rest of an
+#: unfinished job must go sync so that it is done by the deadline (``concurrency`` at once).
+SYNC_CALL_S = 2.0
+#: Longest margin kept before the deadline, and longest wait for a cancelled job to end
+#: (OpenAI: cancelling may take up to 10 minutes).
+MAX_MARGIN_S = 600.0
+_UNFINISHED = "its batch job ended (cancelled or expired) before this request ran: not billed"
+_UNCERTAIN = (
+    "its batch job had not ended when the run had to finish; booked at the reserved worst "
+    "case, since the provider may still bill it"
+)
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """What the run's batch jobs did, for the summary."""
+
+    jobs: int = 0
+    requests: int = 0
+    answered: int = 0
+    cost_usd: float = 0.0
+    sync_cost_usd: float = 0.0
+    """What the same answers would have cost at the sync prices."""
+
+    @property
+    def saved_usd(self) -> float:
+        return max(self.sync_cost_usd - self.cost_usd, 0.0)
+
+
+@dataclass(slots=True)
+class _Request:
+    """One chunk's request in a job, from its reservation to its ledger row."""
+
+    job: ChunkJob
+    endpoint: Endpoint
+    custom_id: str
+    number: int
+    hold: Hold
+    request: ChatRequest | None = None
+    batch_id: str | None = None
+    done: asyncio.Future[LineResult | None] | None = None
+
+
+@dataclass(slots=True)
+class _Job:
+    """A job's requests and what the vendor said about it."""
+
+    intent: JobIntent
+    endpoint: Endpoint
+    requests: dict[str, _Request] = field(default_factory=dict)
+
+
+class BatchDispatcher:
+    """Batch jobs in front of a sync ``Dispatcher`` (which every fallback goes through)."""
+
+    def __init__(
+        self,
+        sync: Dispatcher,
+        *,
+        store: Store,
+        mode: Mode,
+        deadline_at: float | None,
+        poll_s: float,
+        poll_max_s: float,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.sync = sync
+        self.store = store
+        self.mode = mode
+        self.deadline_at = deadline_at
+        self.poll_s, self.poll_max_s = poll_s, poll_max_s
+        self.stats = BatchStats()
+        self.intents = Intents(store.state_dir)
+        self._clock, self._sleep = clock, sleep
+        self._started = clock()
+        self._adopted: dict[str, _Request] = {}  # chunk id → its request in an adopted job
+        self._adopted_jobs: list[asyncio.Task[None]] = []
+        self._saved: list[JobIntent] = []
+        self._json_schema = sync.schema.json_schema()
+
+    @property
+    def run_id(self) -> str:
+        return self.sync.run_id
+
+    # -- the batch of chunks ---------------------------------------------------------------
+
+    async def run_batch(
+        self,
+        chunks: Sequence[Chunk],
+        on_result: Callable[[Result], None] | None = None,
+        on_entry: Callable[[LedgerEntry], None] | None = None,
+    ) -> BatchOutcome:
+        """Like ``Dispatcher.run_batch``: one result per chunk, every attempt's ledger row."""
+        outcome = BatchOutcome()
+        gate = asyncio.Semaphore(self.sync.settings.concurrency)
+
+        def done(result: Result, ledger: list[LedgerEntry]) -> None:
+            outcome.results.append(result)
+            outcome.ledger.extend(ledger)
+            if on_result is not None:
+                on_result(result)
+
+        async def go_sync(chunk: Chunk, job: ChunkJob | None) -> None:
+            async with gate:
+                result, ledger = await self.sync.process(chunk, on_entry, job)
+            done(result, ledger)
+
+        async def settle(req: _Request, chunk: Chunk) -> None:
+            assert req.done is not None
+            line = await req.done
+            req.job.chunk, req.job.sink = chunk, on_entry  # an adopted one had a stand-in
+            if self._book(req, line):
+                done(req.job.finish(), req.job.ledger)
+            else:
+                await go_sync(chunk, req.job)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                groups: dict[tuple[str, tuple[str, ...]], list[tuple[Chunk, _Request]]]
+                groups = defaultdict(list)
+                for chunk in chunks:
+                    adopted = self._adopted.pop(chunk.chunk_id, None)
+                    if adopted is not None:
+                        group.create_task(settle(adopted, chunk))
+                        continue
+                    req = self._reserve(chunk, on_entry)
+                    if req is None:
+                        group.create_task(go_sync(chunk, None))
+                    else:
+                        groups[(req.endpoint.key, chunk.regions)].append((chunk, req))
+                for members in groups.values():
+                    for part in self._split(members):
+                        job = await self._submit(part)
+                        for chunk, req in part:
+                            if job is None:
+                                group.create_task(go_sync(chunk, req.job))
+                            else:
+                                group.create_task(settle(req, chunk))
+                        if job is not None:
+                            group.create_task(self._follow(job))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return outcome
+
+    def _reserve(
+        self, chunk: Chunk, on_entry: Callable[[LedgerEntry], None] | None
+    ) -> _Request | None:
+        """The chunk's request in a job, its worst case held; None: it goes the sync way."""
+        if self.sync.breaker.tripped(chunk.doc_id) is not None or not self._time_for_a_job():
+            return None
+        settings = self.sync.settings
+        messages = first_messages(settings.instructions, chunk.text)
+        estimate = prompt_token_estimate(messages, chunk.token_estimate)
+        plan = self.sync.router.plan(
+            chunk,
+            prompt_tokens=estimate,
+            max_output_tokens=settings.max_output_tokens,
+            strategy=self.sync.strategy,
+        )
+        usable = [e for e in plan.candidates if self._takes_jobs(e)]
+        if not usable:
+            return None
+        endpoint = min(usable, key=lambda e: (self._bound(e, estimate), e.order))
+        max_out = output_cap(endpoint, settings.max_output_tokens)
+        request = ChatRequest(
+            model=endpoint.model,
+            messages=messages,
+            schema_name=self.sync.schema.name,
+            json_schema=self._json_schema,
+            max_output_tokens=max_out,
+            temperature=settings.temperature,
+            structured_mode=endpoint.structured_mode,
+        )
+        bound = input_token_bound(request, endpoint.kind)
+        hold = self.sync.budget.try_reserve(
+            reservation_usd(endpoint, bound, max_out, batch=True), chunk.doc_id
+        )
+        if hold is None:
+            return None  # the sync way applies the budget's rules (wait, refuse, downgrade)
+        job = ChunkJob(chunk, run_id=self.run_id, schema_name=self.sync.schema.name, sink=on_entry)
+        job.excluded.extend(plan.excluded)
+        return _Request(
+            job, endpoint, custom_id=_attempt_id(), number=1, hold=hold, request=request
+        )
+
+    def _takes_jobs(self, e: Endpoint) -> bool:
+        provider = self.sync.providers.get(e.provider)
+        return (
+            e.batch
+            and provider is not None
+            and supports_batch(provider)
+            and not self.sync.router.is_disabled(e.provider)
+            and self.sync.health.out(e) is None
+        )
+
+    def _bound(self, e: Endpoint, prompt_tokens: int) -> float:
+        out = output_cap(e, self.sync.settings.max_output_tokens)
+        return e.price.batch().worst_case_usd(prompt_tokens, out)
+
+    def _split(self, members: list[tuple[Chunk, _Request]]) -> list[list[tuple[Chunk, _Request]]]:
+        """``members`` (one endpoint, one region set) in jobs within the vendor's limits."""
+        provider = self._provider(members[0][1].endpoint)
+        by_id = {req.custom_id: (chunk, req) for chunk, req in members}
+        lines = [_line(req) for _, req in members]
+        parts = split(lines, provider.batch_limits, provider.line_bytes)
+        return [[by_id[line.custom_id] for line in part] for part in parts]
+
+    def _provider(self, endpoint: Endpoint) -> BatchProvider:
+        provider = self.sync.providers[endpoint.provider]
+        assert isinstance(provider, BatchProvider)
+        return provider
+
+    async def _submit(self, part: list[tuple[Chunk, _Request]]) -> _Job | None:
+        """Create one job: its intent on disk first, then the create call, then its id."""
+        endpoint = part[0][1].endpoint
+        requests = [
+            JobRequest(req.custom_id, chunk.chunk_id, chunk.doc_id, req.number, req.hold.amount_usd)
+            for chunk, req in part
+        ]
+        intent = JobIntent.new(
+            self.run_id, endpoint.provider, endpoint.model, endpoint.region, requests
+        )
+        self.intents.save(intent)
+        try:
+            job_id = await self._provider(endpoint).submit(
+                [_line(req) for _, req in part], metadata=intent.metadata
+            )
+        except errors.ProviderError as exc:
+            # Not created: nothing was billed. The holds go back; the chunks go sync.
+            log.warning(
+                "batch job of %d request(s) at %s not created (%s); they go sync",
+                len(part),
+                endpoint.key,
+                scrub(exc.message),
+            )
+            self.intents.forget(intent)
+            for _, req in part:
+                self.sync.budget.settle(req.hold, 0.0)
+            return None
+        intent = intent.submitted(job_id)
+        self.intents.save(intent)
+        self._saved.append(intent)
+        self.stats.jobs += 1
+        self.stats.requests += len(part)
+        log.info(
+            "batch job %s: %d request(s) at %s (%s), worst case $%.6f held",
+            job_id,
+            len(part),
+            endpoint.key,
+            endpoint.region,
+            intent.reserved_usd,
+        )
+        job = _Job(intent, endpoint)
+        loop = asyncio.get_running_loop()
+        for _, req in part:
+            req.done, req.batch_id = loop.create_future(), job_id
+            job.requests[req.custom_id] = req
+        return job
+
+    # -- a job's life ----------------------------------------------------------------------
+
+    async def _follow(self, job: _Job) -> None:
+        """Poll ``job`` until it ends (cancelling it at the fallback moment); then hand
+        every request its line (None: the job never ended in time)."""
+        lines: dict[str, LineResult] = {}
+        ended = False
+        try:
+            ended = await self._wait(job)
+            if ended:
+                found = await self._provider(job.endpoint).results(_job_id(job))
+                lines = {line.custom_id: line for line in found}
+        except errors.ProviderError as exc:
+            log.warning("batch job %s: %s; its requests go sync", _job_id(job), exc.message)
+        finally:
+            for custom_id, req in job.requests.items():
+                if req.done is not None and not req.done.done():
+                    # A request the ended job's files do not mention never ran.
+                    unran = LineResult(custom_id, unfinished=True)
+                    req.done.set_result(lines.get(custom_id, unran) if ended else None)
+
+    async def _wait(self, job: _Job) -> bool:
+        """Whether the job ended (done, cancelled, expired or failed) before the run must
+        go on without it."""
+        provider = self._provider(job.endpoint)
+        job_id = _job_id(job)
+        delay = self.poll_s
+        cancelled_at: float | None = None
+        while True:
+            try:
+                state = await provider.poll(job_id)
+            except errors.TransientError as exc:
+                log.info("batch job %s: status unknown for now (%s)", job_id, exc.message)
+            else:
+                log.info(
+                    "batch job %s at %s: %s, %d/%d done (%d failed)",
+                    job_id,
+                    job.endpoint.key,
+                    state.status,
+                    state.done,
+                    state.total,
+                    state.failed,
+                )
+                if state.ended:
+                    if state.error:
+                        log.warning("batch job %s failed: %s", job_id, state.error)
+                    return True
+            now = self._clock()
+            if cancelled_at is None and now >= self._fallback_at(len(job.requests)):
+                log.warning(
+                    "batch job %s: cancelled to finish its requests sync before the deadline",
+                    job_id,
+                )
+                cancelled_at = now
+                try:
+                    state = await provider.cancel(job_id)
+                except errors.ProviderError as exc:
+                    log.warning("batch job %s: cancel failed (%s)", job_id, exc.message)
+                else:
+                    if state.ended:
+                        return True
+                delay = min(self.poll_s, 1.0)
+            if cancelled_at is not None and now - cancelled_at > self._margin():
+                return False
+            wait = delay
+            if cancelled_at is None:
+                wait = min(delay, max(self._fallback_at(len(job.requests)) - now, 0.0))
+            await self._sleep(max(wait, 0.01))
+            delay = min(delay * 1.5, self.poll_max_s)
+
+    def _fallback_at(self, requests: int) -> float:
+        """When a job of ``requests`` unfinished requests must be cancelled: the deadline
+        less the time they take sync (``SYNC_CALL_S`` each, ``concurrency`` at once), less
+        room for the cancel to take effect and a margin (``_margin`` each)."""
+        concurrency = self.sync.settings.concurrency
+        sync_s = SYNC_CALL_S * -(-requests // concurrency)
+        return self._deadline() - sync_s - 2 * self._margin()
+
+    def _margin(self) -> float:
+        """15% of the run's window, at most ``MAX_MARGIN_S``: also how long a cancelled job
+        is given to end (vendors finish the requests already running)."""
+        return min(MAX_MARGIN_S, 0.15 * max(self._deadline() - self._started, 0.0))
+
+    def _deadline(self) -> float:
+        if self.deadline_at is not None:
+            return self.deadline_at
+        return self._started + 24 * 3600.0  # the vendors' completion window
+
+    def _time_for_a_job(self) -> bool:
+        """Whether a job submitted now has time to run before it would be cancelled."""
+        concurrency = self.sync.settings.concurrency
+        return self._fallback_at(concurrency) - self._clock() > 2 * self.poll_s
+
+    # -- one request's answer --------------------------------------------------------------
+
+    def _book(self, req: _Request, line: LineResult | None) -> bool:
+        """Ledger the request's answer once; True if the chunk has its answer now."""
+        job, endpoint = req.job, req.endpoint
+        price = endpoint.price.batch()
+        job.attempts, job.called = req.number, endpoint
+        output: str | None = None
+        if line is None:
+            booking = Booking("uncertain", Usage(), req.hold.amount_usd, None, _UNCERTAIN)
+        elif line.unfinished:
+            booking = Booking("batch_unfinished", Usage(), 0.0, None, _UNFINISHED)
+        elif line.reply is not None:
+            reply = line.reply
+            cost = price.cost_usd(reply.usage)
+            try:
+                output = validate_reply(reply, self.sync.schema)
+                booking = Booking(
+                    "ok", reply.usage, cost, 200, None, reply.request_id, reply.model_reported
+                )
+            except errors.InvalidOutput as exc:
+                booking = Booking(
+                    exc.outcome, reply.usage, cost, 200, scrub(exc.message), reply.request_id,
+                    reply.model_reported,
+                )  # fmt: skip
+            self.stats.answered += 1
+            self.stats.cost_usd += cost
+            self.stats.sync_cost_usd += endpoint.price.cost_usd(reply.usage)
+        else:
+            said = line.error or errors.ServerError("no answer", provider=endpoint.provider)
+            cost = price.cost_usd(said.usage)
+            booking = Booking(
+                said.outcome, said.usage, cost, said.http_status, scrub(said.message),
+                said.request_id,
+            )  # fmt: skip
+        self.sync.budget.settle(req.hold, booking.cost_usd)
+        entry = ledger_row(
+            self.run_id,
+            job.chunk.chunk_id,
+            req.number,
+            endpoint,
+            booking,
+            started=self._started,
+            latency_ms=0.0,
+            reserved=req.hold.amount_usd,
+            attempt_id=req.custom_id,
+            batch_id=req.batch_id,
+        )
+        job.ledger.append(entry)
+        job.last_outcome, job.last_error = booking.cause or booking.outcome, booking.error
+        if job.sink is not None:
+            try:
+                job.sink(entry)
+            except Exception as exc:
+                raise errors.LedgerWriteError(f"the journal refused a row: {exc!r}") from exc
+        if output is None:
+            if line is not None and not line.unfinished:
+                job.avoid.add(endpoint.key)
+            return False
+        doubt = self.sync.strategy.judge(output)
+        if doubt is not None:
+            job.fallback, job.avoid = (output, endpoint, doubt), job.avoid | {endpoint.key}
+            return False
+        job.output, job.endpoint = output, endpoint
+        return True
+
+    # -- a resumed run ---------------------------------------------------------------------
+
+    async def adopt(self) -> None:
+        """Take over the jobs an earlier attempt of this run left (``intents``).
+
+        Requests already in the ledger are done; each other one's reserved worst case is
+        held again (past the cap if need be: the provider may bill it whatever the cap
+        says), and its chunk, when the run reaches it, waits for the job instead of being
+        sent again."""
+        booked = self._booked()
+        for intent in self.intents.pending(self.run_id):
+            endpoint = self._endpoint(intent)
+            if endpoint is None:
+                log.warning(
+                    "batch job intent %s names %s/%s, which this config no longer has; its "
+                    "requests cannot be read back",
+                    intent.intent_id,
+                    intent.provider,
+                    intent.model,
+                )
+                continue
+            provider = self._provider(endpoint)
+            if intent.job_id is None:
+                found = await provider.find(intent.metadata)
+                if found is None:  # the create never reached the vendor: nothing was sent
+                    self.intents.forget(intent)
+                    continue
+                log.info("batch job %s: found by its metadata after a restart", found)
+                intent = intent.submitted(found)
+                self.intents.save(intent)
+            self._saved.append(intent)
+            job = _Job(intent, endpoint)
+            loop = asyncio.get_running_loop()
+            for r in intent.requests:
+                if r.custom_id in booked:
+                    continue
+                hold = self.sync.budget.hold_spent(r.reserved_usd, r.doc_id)
+                chunk_job = ChunkJob(
+                    _placeholder(r), run_id=self.run_id, schema_name=self.sync.schema.name
+                )
+                req = _Request(chunk_job, endpoint, r.custom_id, r.attempt, hold)
+                req.done, req.batch_id = loop.create_future(), intent.job_id
+                job.requests[r.custom_id] = req
+                self._adopted[r.chunk_id] = req
+            if job.requests:
+                log.info(
+                    "batch job %s: %d request(s) outstanding from before the restart",
+                    intent.job_id,
+                    len(job.requests),
+                )
+                self._adopted_jobs.append(asyncio.create_task(self._follow(job)))
+
+    def _booked(self) -> set[str]:
+        """Attempt ids of this run's batch requests already in the ledger."""
+        try:
+            rows = self.store.read(
+                "SELECT attempt_id FROM ledger WHERE run_id = ? AND batch_id IS NOT NULL",
+                [self.run_id],
+            ).rows
+        except Exception:  # a root with no ledger yet
+            return set()
+        return {r[0] for r in rows}
+
+    def _endpoint(self, intent: JobIntent) -> Endpoint | None:
+        for e in self.sync.router.endpoints:
+            if (e.provider, e.model) == (intent.provider, intent.model) and self._takes_jobs(e):
+                return e
+        return None
+
+    async def finish(self) -> list[LedgerEntry]:
+        """At the end of the run: the rows of adopted requests whose chunks never came back
+        (the corpus changed), and every intent whose requests are all ledgered forgotten."""
+        rows: list[LedgerEntry] = []
+        leftovers = list(self._adopted.values())
+        self._adopted.clear()
+        for task in self._adopted_jobs:
+            if leftovers:
+                await task
+            else:
+                task.cancel()
+        for req in leftovers:
+            assert req.done is not None
+            line = req.done.result() if req.done.done() else None
+            self._book(req, line)
+            rows.extend(req.job.ledger)
+        for intent in self._saved:
+            self.intents.forget(intent)
+        return rows
+
+
+def _line(req: _Request) -> BatchLine:
+    assert req.request is not None
+    return BatchLine(req.custom_id, req.request)
+
+
+def _attempt_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _job_id(job: _Job) -> str:
+    assert job.intent.job_id is not None
+    return job.intent.job_id
+
+
+def _placeholder(r: JobRequest) -> Chunk:
+    """A stand-in chunk until the run reaches the real one (only its ids are read)."""
+    return Chunk(r.chunk_id, r.doc_id, "", 0, 0, 0, 0, "", (), "")

@@ -1,0 +1,357 @@
+"""``routing.mode: batch | auto``: chunks as provider batch jobs, through the real SDKs and the
+simulator over loopback (its Batch API answers each line as its chat route would).
+
+What is proved here, each against the simulator's own log: residency per job (a job never
+mixes region sets and goes only to an allowed endpoint), reservations at batch prices
+before the create call (the cap holds with jobs outstanding), one ledger row per request
+however often a job is read, invalid answers rerouted to the next provider, the deadline
+fallback (cancel, keep what the job did, the rest sync, done before the deadline), and a
+``kill -9`` between the create call and its record followed by a resume that finds the job
+by its metadata and never submits the requests again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.audit import audit
+from pipeline.batch_dispatch import BatchDispatcher
+from pipeline.batches import drive
+from pipeline.config import load_config
+from pipeline.opening import Request, decide
+from pipeline.prices import load_price_table
+from pipeline.run import Run
+from pipeline.simulator import SimulatorServer
+from pipeline.store import Store
+from pipeline.store.intents import Intents
+from tests.conftest import REPO, Clock
+
+WORDS = [
+    "The",
+    "supplier",
+    "shall",
+    "deliver",
+    "the",
+    "goods",
+    "by",
+    "the",
+    "first",
+    "of",
+    "May",
+    "and",
+    "the",
+    "buyer",
+    "pays",
+    "within",
+    "thirty",
+    "days",
+    "of",
+    "the",
+    "invoice",
+    "date",
+    "unless",
+    "the",
+    "parties",
+    "agree",
+    "otherwise",
+    "in",
+    "writing",
+]
+
+
+def corpus(folder: Path, layout: dict[str, int]) -> None:
+    """``layout``: sub-folder → number of one-chunk documents in it."""
+    for sub, n in layout.items():
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            body = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(60))
+            (folder / sub / f"doc-{i:03d}.txt").write_text(f"Record {sub} {i}. {body}\n")
+
+
+def provider(name: str, region: str, model: str, **sim: Any) -> dict[str, Any]:
+    profile = {"latency_ms": [5, 20], "batch_turnaround_s": 1.0} | sim
+    return {
+        "name": name,
+        "kind": "openai",
+        "region": region,
+        "simulate": "always",
+        "simulator": profile,
+        "models": [{"id": model}],
+    }
+
+
+def config(tmp: Path, providers: list[dict[str, Any]], **over: Any) -> Path:
+    data: dict[str, Any] = {
+        "corpus": {
+            "path": str(tmp / "corpus"),
+            "residency": [
+                {"match": "eu/**", "regions": ["eu"]},
+                {"match": "us/**", "regions": ["us"]},
+                {"match": "any/**", "regions": ["eu", "us"]},
+            ],
+            "residency_default": "deny",
+        },
+        "task": {"schema": "chunk_summary", "max_output_tokens": 400},
+        "budget": {"run_usd": over.pop("run_usd", 10.0)},
+        "routing": {"mode": "batch", "batch_poll_s": 0.1, "batch_poll_max_s": 0.3}
+        | over.pop("routing", {}),
+        "providers": providers,
+        "output": {"root": str(tmp / "out")},
+    } | over
+    path = tmp / "docroute.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_once(path: str | Path, run_id: str, resume: bool = False) -> dict[str, Any]:
+    """Open, drive and close one run in this process (what the flow does, without Prefect)."""
+    cfg = load_config(path)
+    store = Store(cfg.output.root)
+    request = Request(resume=run_id) if resume else Request(run_id=run_id)
+    opening = decide(store, cfg, request)
+
+    async def go() -> dict[str, Any]:
+        async with Run.open(cfg, opening) as run:
+            await drive(run.batches(), run.process_batch, cfg.routing.parallel_batches)
+        return run.summary() | {"deadline_at": cfg.schedule.deadline_after(run.started_at)}
+
+    return asyncio.run(go())
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def stored(root: Path, sql: str) -> list[dict[str, Any]]:
+    return Store(root).read(sql).to_dicts()
+
+
+def chunk_of_prompt(root: Path) -> dict[str, dict[str, Any]]:
+    """The stored chunks by the simulator's ``prompt_sha256`` (the chunk text's hash)."""
+    rows = stored(root, "SELECT chunk_id, text, regions FROM chunks")
+    return {sha(r["text"]): r for r in rows}
+
+
+def test_batch_jobs_keep_residency_and_bill_at_batch_prices(
+    tmp_path: Path, sim_env: SimulatorServer
+) -> None:
+    corpus(tmp_path / "corpus", {"eu": 6, "us": 5, "any": 4})
+    path = config(
+        tmp_path,
+        [provider("sim-eu", "eu", "gpt-4.1-mini"), provider("sim-us", "us", "gpt-4.1-mini")],
+    )
+    summary = run_once(path, "b-res")
+    root = tmp_path / "out"
+    assert summary["succeeded"] == 15
+    records = sim_env.requests()
+    assert records and all(r.batch_id is not None for r in records), "every call was batched"
+
+    chunks = chunk_of_prompt(root)
+    region_of = {"sim-eu": "eu", "sim-us": "us"}
+    by_job: dict[str, set[tuple[str, ...]]] = defaultdict(set)
+    endpoint_of_job: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        chunk = chunks[r.prompt_sha256]
+        assert region_of[r.endpoint] in chunk["regions"], "a job went outside a chunk's regions"
+        by_job[r.batch_id or ""].add(tuple(chunk["regions"]))
+        endpoint_of_job[r.batch_id or ""].add(r.endpoint)
+    assert all(len(sets) == 1 for sets in by_job.values()), "a job mixed region sets"
+    assert all(len(e) == 1 for e in endpoint_of_job.values())
+    assert {s for sets in by_job.values() for s in sets} == {("eu",), ("us",), ("eu", "us")}
+
+    ledger = stored(root, "SELECT * FROM ledger WHERE provider IS NOT NULL")
+    assert {row["mode"] for row in ledger} == {"batch"}
+    assert Counter(row["batch_id"] for row in ledger) == Counter(r.batch_id for r in records)
+    price = load_price_table()["gpt-4.1-mini"].batch()
+    for row in ledger:
+        cost = (row["input_tokens"] * price.input_per_mtok + row["output_tokens"] * 0.8) / 1e6
+        assert row["cost_usd"] == pytest.approx(cost)
+    assert summary["batch"]["requests"] == 15
+    assert summary["batch"]["saved_usd"] == pytest.approx(summary["batch"]["cost_usd"])
+    report = audit(Store(root), "b-res")
+    assert report.ok, report.text()
+    assert not Intents(Store(root).state_dir).pending("b-res"), "finished jobs are forgotten"
+
+
+def test_invalid_batch_answers_are_rerouted_to_the_next_provider(
+    tmp_path: Path, sim_env: SimulatorServer
+) -> None:
+    corpus(tmp_path / "corpus", {"eu": 6})
+    cheap = provider("cheap-eu", "eu", "gpt-4.1-nano", invalid_rate=1.0)
+    dear = provider("dear-eu", "eu", "gpt-4.1-mini")
+    summary = run_once(config(tmp_path, [cheap, dear]), "b-inv")
+    assert summary["succeeded"] == 6
+    ledger = stored(
+        tmp_path / "out",
+        "SELECT chunk_id, attempt, provider, mode, outcome FROM ledger ORDER BY chunk_id, attempt",
+    )
+    tries: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    for row in ledger:
+        tries[row["chunk_id"]].append((row["provider"], row["mode"], row["outcome"]))
+    for chunk_id, seen in tries.items():
+        assert seen[0] == ("cheap-eu", "batch", "invalid_output"), chunk_id
+        # rerouted: the next provider, not a second try at the one that failed
+        assert seen[1][0] == "dear-eu" and seen[1][2] == "ok", seen
+    assert audit(Store(tmp_path / "out"), "b-inv").ok
+
+
+def worst_case_of_a_request(path: Path) -> float:
+    """What the batch path holds for one chunk of ``path``'s corpus (a probe run that
+    reserves one request and gives it back)."""
+    cfg = load_config(path)
+    store = Store(cfg.output.root)
+
+    async def go() -> float:
+        async with Run.open(cfg, decide(store, cfg, Request(run_id="probe"))) as run:
+            assert isinstance(run.dispatcher, BatchDispatcher)
+            first = next(c for b in run.batches() for c in b.chunks)
+            req = run.dispatcher._reserve(first, None)
+            assert req is not None
+            run.budget.settle(req.hold, 0.0)
+            return req.hold.amount_usd
+
+    return asyncio.run(go())
+
+
+def test_the_cap_holds_with_a_job_outstanding(tmp_path: Path, sim_env: SimulatorServer) -> None:
+    """The worst case of each request at batch prices is held before the job is created:
+    with room for three and a half, the job carries three; the rest go sync, where they
+    wait for the job's holds to settle, then take what is left; the ledger stays under."""
+    corpus(tmp_path / "corpus", {"eu": 8})
+    sim = [provider("sim-eu", "eu", "gpt-4.1-mini")]
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "corpus").symlink_to(tmp_path / "corpus")
+    cap = 3.5 * worst_case_of_a_request(config(tmp_path / "probe", sim))
+    summary = run_once(config(tmp_path, sim, run_usd=cap), "b-cap")
+    batched = [r for r in sim_env.requests() if r.batch_id is not None]
+    assert len(batched) == 3, "only what the cap could hold went into the job"
+    spent = sum(r["cost_usd"] for r in stored(tmp_path / "out", "SELECT cost_usd FROM ledger"))
+    assert spent <= cap + 1e-12
+    # The rest went sync (at twice the price) as far as the money left after the job went.
+    assert summary["succeeded"] > 3
+    assert summary["succeeded"] + summary["skipped"] == 8
+    assert set(summary["not_succeeded_by_reason"]) <= {"budget_exhausted"}
+    assert audit(Store(tmp_path / "out"), "b-cap").ok
+
+
+def test_a_job_read_many_times_is_ledgered_once_per_request(
+    tmp_path: Path, sim_env: SimulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    corpus(tmp_path / "corpus", {"eu": 5})
+    sim = provider("sim-eu", "eu", "gpt-4.1-mini", batch_turnaround_s=2.0)
+    path = config(tmp_path, [sim], routing={"batch_poll_s": 0.05, "batch_poll_max_s": 0.05})
+    with caplog.at_level("INFO", logger="pipeline.batch_dispatch"):
+        run_once(path, "b-poll")
+    polls = [m for m in caplog.messages if m.startswith("batch job ") and " done (" in m]
+    assert len(polls) >= 10, "the job was read many times"
+    ledger = stored(tmp_path / "out", "SELECT attempt_id FROM ledger WHERE mode = 'batch'")
+    assert len(ledger) == 5 == len({r["attempt_id"] for r in ledger})
+    assert len(sim_env.requests()) == 5
+
+
+def test_deadline_fallback_cancels_keeps_what_was_done_and_finishes_sync_in_time(
+    tmp_path: Path, clocked_simulator: SimulatorServer, clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The job would take 8 s and the run must be done 8 s after it starts: the job is
+    cancelled at 3.6 s (deadline, less 2 s for its requests sync, less twice the 1.2 s
+    margin), with 5 of its 12 lines done (line i is done at 0.8 + 6.4·(i+1)/12 s); those
+    are kept and billed once, the 7 others are done sync, before the deadline. One clock
+    drives the simulator's job and the dispatcher."""
+    monkeypatch.setenv("DOCROUTE_SIMULATOR_URL", clocked_simulator.url)
+    corpus(tmp_path / "corpus", {"eu": 12})
+    sim = provider("sim-eu", "eu", "gpt-4.1-mini", batch_turnaround_s=8.0)
+    path = config(tmp_path, [sim], routing={"mode": "auto"}, schedule={"finish_within": "8s"})
+    cfg = load_config(path)
+    store = Store(cfg.output.root)
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+        await asyncio.sleep(0)
+
+    async def go() -> tuple[float, float]:
+        async with Run.open(cfg, decide(store, cfg, Request(run_id="b-late"))) as run:
+            deadline = clock.now + 8.0
+            dispatcher = BatchDispatcher(
+                run.sync, store=run.store, mode="auto", deadline_at=deadline, poll_s=0.2,
+                poll_max_s=0.2, clock=clock, sleep=sleep,
+            )  # fmt: skip
+            run.dispatcher = run.committer.dispatcher = dispatcher
+            await drive(run.batches(), run.process_batch, 1)
+            return deadline, clock.now
+
+    deadline, finished = asyncio.run(go())
+    assert finished < deadline, "the run finished after its deadline"
+    root = tmp_path / "out"
+    ledger = stored(root, "SELECT chunk_id, mode, outcome, cost_usd, batch_id FROM ledger")
+    done = [r for r in ledger if r["mode"] == "batch" and r["outcome"] == "ok"]
+    unfinished = [r for r in ledger if r["outcome"] == "batch_unfinished"]
+    sync = [r for r in ledger if r["mode"] == "sync"]
+    assert (len(done), len(unfinished)) == (5, 7)
+    assert all(r["cost_usd"] == 0 for r in unfinished)
+    assert {r["chunk_id"] for r in sync} == {r["chunk_id"] for r in unfinished}
+    assert all(r["outcome"] == "ok" for r in sync)
+    # billed once: the job's answered lines are exactly the simulator's batch records
+    batched = [r for r in clocked_simulator.requests() if r.batch_id is not None]
+    assert len(batched) == len(done) == 5
+    assert audit(Store(root), "b-late").ok
+
+
+# Runs one batch-mode run in a subprocess that SIGKILLs itself the moment the job id would
+# be recorded: the job exists at the provider, the intent on disk has no id.
+KILLED_AFTER_CREATE = """
+import os, signal, sys
+from pipeline.store import intents
+real = intents.Intents.save
+def dying(self, intent):
+    if intent.job_id is not None:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(self, intent)
+intents.Intents.save = dying
+from tests.test_batch_mode import run_once
+run_once(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_kill_9_between_create_and_record_then_resume_never_submits_twice(
+    tmp_path: Path, simulator: SimulatorServer
+) -> None:
+    corpus(tmp_path / "corpus", {"eu": 6})
+    path = config(tmp_path, [provider("sim-eu", "eu", "gpt-4.1-mini", batch_turnaround_s=1.5)])
+    env = os.environ | {"DOCROUTE_SIMULATOR_URL": simulator.url, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_CREATE, str(path), "b-kill"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    root = tmp_path / "out"
+    (intent,) = Intents(Store(root).state_dir).pending("b-kill")
+    assert intent.job_id is None, "killed before the id was recorded"
+
+    os.environ["DOCROUTE_SIMULATOR_URL"] = simulator.url
+    try:
+        summary = run_once(path, "b-kill", resume=True)
+    finally:
+        del os.environ["DOCROUTE_SIMULATOR_URL"]
+    assert summary["succeeded"] == 6
+    records = simulator.requests()
+    assert len({r.batch_id for r in records}) == 1, "one job: it was found, not resubmitted"
+    assert Counter(r.prompt_sha256 for r in records).most_common(1)[0][1] == 1
+    ledger = stored(root, "SELECT attempt_id, batch_id FROM ledger WHERE provider IS NOT NULL")
+    assert len(ledger) == 6 == len({r["attempt_id"] for r in ledger})
+    assert {r["batch_id"] for r in ledger} == {records[0].batch_id}
+    assert audit(Store(root), "b-kill").ok
