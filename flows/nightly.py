@@ -75,7 +75,7 @@ async def _drive(run: Run, batches: Iterable[Batch]) -> dict[str, Any]:
         # quote: Prefect must not walk a batch's chunks looking for futures
         return await process_batch(quote(run), quote(batch))  # type: ignore[call-overload]
 
-    await drive(batches, one, run.cfg.routing.parallel_batches)
+    await drive(batches, one, run.parallel)
     summary = run.summary()
     summary["seconds"] = round(time.monotonic() - started, 2)
     await acreate_markdown_artifact(

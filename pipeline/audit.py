@@ -239,7 +239,8 @@ def batch_savings(store: Store, run_id: str) -> dict[str, float | int]:
     """The run's batch requests: how many, how many answered, what they cost and what the
     same answers would have cost at the sync prices (the run's own price table)."""
     row = store.read(
-        "SELECT count(*), count(*) FILTER (WHERE l.outcome <> 'batch_unfinished'),"
+        "SELECT count(*), count(*) FILTER (WHERE l.outcome <> 'batch_unfinished'"
+        f" AND NOT {worst_case_sql('l')}),"
         " coalesce(sum(l.cost_usd), 0),"
         f" coalesce(sum(CASE WHEN {worst_case_sql('l')} THEN l.cost_usd"
         f"  ELSE ({_priced_sql(batch='false')}) / 1e6 END), 0)"

@@ -63,7 +63,7 @@ __all__ = ["SYNC_CALL_S", "BatchDispatcher", "BatchStats"]
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["batch", "auto"]
+Mode = Literal["sync", "batch", "auto"]
 #: The time one synchronous call is assumed to take, to decide when the rest of an
 #: unfinished job must go sync so that it is done by the deadline (``concurrency`` at once).
 SYNC_CALL_S = 2.0
@@ -103,6 +103,8 @@ class _Request:
     number: int
     hold: Hold
     request: ChatRequest | None = None
+    tokens: int = 0
+    """What the request weighs in the endpoint's TPM window if it has to go sync."""
     batch_id: str | None = None
     done: asyncio.Future[LineResult | None] | None = None
 
@@ -143,6 +145,9 @@ class BatchDispatcher:
         self._adopted: dict[str, _Request] = {}  # chunk id → its request in an adopted job
         self._adopted_jobs: list[asyncio.Task[None]] = []
         self._saved: list[JobIntent] = []
+        #: Requests (and their tokens) in unfinished jobs, by provider: what would go sync
+        #: there at the deadline, so what the fallback moment is planned for.
+        self._outstanding: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._json_schema = sync.schema.json_schema()
 
     @property
@@ -212,8 +217,9 @@ class BatchDispatcher:
     def _reserve(
         self, chunk: Chunk, on_entry: Callable[[LedgerEntry], None] | None
     ) -> _Request | None:
-        """The chunk's request in a job, its worst case held; None: it goes the sync way."""
-        if self.sync.breaker.tripped(chunk.doc_id) is not None or not self._time_for_a_job():
+        """The chunk's request in a job, its worst case held; None: it goes the sync way
+        (always in ``sync`` mode, where only jobs a resumed run adopted are read)."""
+        if self.mode == "sync" or self.sync.breaker.tripped(chunk.doc_id) is not None:
             return None
         settings = self.sync.settings
         messages = first_messages(settings.instructions, chunk.text)
@@ -224,10 +230,9 @@ class BatchDispatcher:
             max_output_tokens=settings.max_output_tokens,
             strategy=self.sync.strategy,
         )
-        usable = [e for e in plan.candidates if self._takes_jobs(e)]
-        if not usable:
+        endpoint = self._choice(plan.candidates, estimate)
+        if endpoint is None:
             return None
-        endpoint = min(usable, key=lambda e: (self._bound(e, estimate), e.order))
         max_out = output_cap(endpoint, settings.max_output_tokens)
         request = ChatRequest(
             model=endpoint.model,
@@ -238,6 +243,9 @@ class BatchDispatcher:
             temperature=settings.temperature,
             structured_mode=endpoint.structured_mode,
         )
+        tokens = estimate + max_out
+        if not self._time_for_a_job(endpoint, tokens):
+            return None
         bound = input_token_bound(request, endpoint.kind)
         hold = self.sync.budget.try_reserve(
             reservation_usd(endpoint, bound, max_out, batch=True), chunk.doc_id
@@ -250,6 +258,26 @@ class BatchDispatcher:
             job, endpoint, custom_id=_attempt_id(), number=1, hold=hold, request=request
         )
 
+    def _choice(self, candidates: list[Endpoint], prompt_tokens: int) -> Endpoint | None:
+        """The endpoint a chunk's job goes to, or None if its first choice is a sync one.
+
+        ``ordered``: the first candidate, if it takes jobs. Otherwise the cheapest candidate
+        at the price it would be billed (batch prices where it takes jobs): a self-hosted
+        model cheaper than any batch job is still called sync."""
+        if not candidates:
+            return None
+        if self.sync.strategy.name == "ordered":
+            first = candidates[0]
+            return first if self._takes_jobs(first) else None
+
+        def billed(e: Endpoint) -> tuple[float, int]:
+            out = output_cap(e, self.sync.settings.max_output_tokens)
+            price = e.price.batch() if self._takes_jobs(e) else e.price
+            return price.worst_case_usd(prompt_tokens, out), e.order
+
+        best = min(candidates, key=billed)
+        return best if self._takes_jobs(best) else None
+
     def _takes_jobs(self, e: Endpoint) -> bool:
         provider = self.sync.providers.get(e.provider)
         return (
@@ -259,10 +287,6 @@ class BatchDispatcher:
             and not self.sync.router.is_disabled(e.provider)
             and self.sync.health.out(e) is None
         )
-
-    def _bound(self, e: Endpoint, prompt_tokens: int) -> float:
-        out = output_cap(e, self.sync.settings.max_output_tokens)
-        return e.price.batch().worst_case_usd(prompt_tokens, out)
 
     def _split(self, members: list[tuple[Chunk, _Request]]) -> list[list[tuple[Chunk, _Request]]]:
         """``members`` (one endpoint, one region set) in jobs within the vendor's limits."""
@@ -281,7 +305,14 @@ class BatchDispatcher:
         """Create one job: its intent on disk first, then the create call, then its id."""
         endpoint = part[0][1].endpoint
         requests = [
-            JobRequest(req.custom_id, chunk.chunk_id, chunk.doc_id, req.number, req.hold.amount_usd)
+            JobRequest(
+                req.custom_id,
+                chunk.chunk_id,
+                chunk.doc_id,
+                req.number,
+                req.hold.amount_usd,
+                req.tokens,
+            )
             for chunk, req in part
         ]
         intent = JobIntent.new(
@@ -322,7 +353,14 @@ class BatchDispatcher:
         for _, req in part:
             req.done, req.batch_id = loop.create_future(), job_id
             job.requests[req.custom_id] = req
+        self._count(job, +1)
         return job
+
+    def _count(self, job: _Job, sign: int) -> None:
+        """Add (``+1``) or remove (``-1``) a job's requests from what is outstanding."""
+        held = self._outstanding[job.endpoint.provider]
+        held[0] += sign * len(job.requests)
+        held[1] += sign * sum(r.tokens for r in job.requests.values())
 
     # -- a job's life ----------------------------------------------------------------------
 
@@ -339,6 +377,7 @@ class BatchDispatcher:
         except errors.ProviderError as exc:
             log.warning("batch job %s: %s; its requests go sync", _job_id(job), exc.message)
         finally:
+            self._count(job, -1)
             for custom_id, req in job.requests.items():
                 if req.done is not None and not req.done.done():
                     # A request the ended job's files do not mention never ran.
@@ -372,7 +411,7 @@ class BatchDispatcher:
                         log.warning("batch job %s failed: %s", job_id, state.error)
                     return True
             now = self._clock()
-            if cancelled_at is None and now >= self._fallback_at(len(job.requests)):
+            if cancelled_at is None and now >= self._fallback_at(job.endpoint):
                 log.warning(
                     "batch job %s: cancelled to finish its requests sync before the deadline",
                     job_id,
@@ -390,16 +429,22 @@ class BatchDispatcher:
                 return False
             wait = delay
             if cancelled_at is None:
-                wait = min(delay, max(self._fallback_at(len(job.requests)) - now, 0.0))
+                wait = min(delay, max(self._fallback_at(job.endpoint) - now, 0.0))
             await self._sleep(max(wait, 0.01))
             delay = min(delay * 1.5, self.poll_max_s)
 
-    def _fallback_at(self, requests: int) -> float:
-        """When a job of ``requests`` unfinished requests must be cancelled: the deadline
-        less the time they take sync (``SYNC_CALL_S`` each, ``concurrency`` at once), less
-        room for the cancel to take effect and a margin (``_margin`` each)."""
-        concurrency = self.sync.settings.concurrency
-        sync_s = SYNC_CALL_S * -(-requests // concurrency)
+    def _fallback_at(self, endpoint: Endpoint, calls: int = 0, tokens: int = 0) -> float:
+        """When unfinished jobs at ``endpoint``'s provider must give way to sync calls: the
+        deadline, less the time their requests (and ``calls`` more) would take sync under
+        its quota (``EndpointGate.seconds_for``, ``SYNC_CALL_S`` a call), less room for
+        the cancel to take effect and a margin (``_margin`` each)."""
+        held = self._outstanding[endpoint.provider]
+        sync_s = self.sync.gate(endpoint.provider).seconds_for(
+            held[0] + calls,
+            held[1] + tokens,
+            concurrency=self.sync.settings.concurrency,
+            call_s=SYNC_CALL_S,
+        )
         return self._deadline() - sync_s - 2 * self._margin()
 
     def _margin(self) -> float:
@@ -412,10 +457,10 @@ class BatchDispatcher:
             return self.deadline_at
         return self._started + 24 * 3600.0  # the vendors' completion window
 
-    def _time_for_a_job(self) -> bool:
-        """Whether a job submitted now has time to run before it would be cancelled."""
-        concurrency = self.sync.settings.concurrency
-        return self._fallback_at(concurrency) - self._clock() > 2 * self.poll_s
+    def _time_for_a_job(self, endpoint: Endpoint, tokens: int) -> bool:
+        """Whether one more request in a job at ``endpoint`` leaves it time to run before
+        the job would be cancelled."""
+        return self._fallback_at(endpoint, 1, tokens) - self._clock() > 2 * self.poll_s
 
     # -- one request's answer --------------------------------------------------------------
 
@@ -523,7 +568,7 @@ class BatchDispatcher:
                 chunk_job = ChunkJob(
                     _placeholder(r), run_id=self.run_id, schema_name=self.sync.schema.name
                 )
-                req = _Request(chunk_job, endpoint, r.custom_id, r.attempt, hold)
+                req = _Request(chunk_job, endpoint, r.custom_id, r.attempt, hold, tokens=r.tokens)
                 req.done, req.batch_id = loop.create_future(), intent.job_id
                 job.requests[r.custom_id] = req
                 self._adopted[r.chunk_id] = req
@@ -533,6 +578,7 @@ class BatchDispatcher:
                     intent.job_id,
                     len(job.requests),
                 )
+                self._count(job, +1)
                 self._adopted_jobs.append(asyncio.create_task(self._follow(job)))
 
     def _booked(self) -> set[str]:

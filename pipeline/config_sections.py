@@ -199,6 +199,10 @@ class RoutingConfig(ConfigModel):
     """First wait between two reads of a batch job's status; grows 1.5× per read."""
     batch_poll_max_s: float = Field(default=300.0, gt=0)
     """Longest wait between two reads of a batch job's status."""
+    jobs_in_flight: int = Field(default=64, ge=1, le=1024)
+    """In ``batch`` and ``auto`` mode: Prefect batch tasks in flight at once instead of
+    ``parallel_batches``, since each mostly waits for its provider job (so up to this many
+    jobs, of ``batch_size`` chunks each, are outstanding together)."""
     strategy: Literal["cheapest", "ordered", "cascade"] = "cheapest"
     """How allowed candidates are ordered: ``cheapest`` worst-case cost first; ``ordered``
     the config's order (providers, then their models); ``cascade`` cheapest first,

@@ -21,14 +21,18 @@ Per chunk, with ``A`` attempts per chunk and ``o`` output tokens per attempt:
 
 ``A``, ``o`` and the input ratio come from the ledger's earlier runs of the same schema
 when there are some, else from defaults; the plan says which it used (``basis.source``).
-It also warns when ``task.max_output_tokens`` leaves too little room for the schema's
-answers. Both are worked out from the ledger by ``pipeline.plan_history``; this module holds
-the estimate (``make_plan``) and its rendering (``render_plan``).
+The plan also prices the run by ``routing.mode`` (``by_mode``): all-sync, all-batch
+(each chunk at its cheapest endpoint that takes batch jobs, at batch prices) and ``auto``
+for the schedule's deadline. It also warns when ``task.max_output_tokens`` leaves too
+little room for the schema's answers. Both are worked out from the ledger by
+``pipeline.plan_history``; this module holds the estimate (``make_plan``) and its rendering
+(``render_plan``).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,6 +106,11 @@ class Plan:
     total: Line = field(default_factory=lambda: Line(endpoint="total", region=""))
     unroutable: list[Unroutable] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    mode: str = "sync"
+    """``routing.mode`` of the config."""
+    by_mode: dict[str, float] = field(default_factory=dict)
+    """The estimate all-sync, all-batch (each chunk at its cheapest endpoint that takes
+    batch jobs, at batch prices; sync where none does) and in ``auto`` for the deadline."""
 
     @property
     def budget_covered(self) -> bool:
@@ -130,7 +139,9 @@ def make_plan(
         basis=past.overall,
         budget_usd=cfg.budget.run_usd if budget_usd is None else budget_usd,
         warnings=residency.unserved(p.region for p in cfg.providers),
+        mode=cfg.routing.mode,
     )
+    batch_usd = 0.0
     router = Router(endpoints_from_config(cfg))
     plan.warnings += enforcement_warnings(router.endpoints, schema.json_schema())
     room = output_room_warning(cfg, schema, answer_sizes(cfg, schema.name))
@@ -158,6 +169,8 @@ def make_plan(
         line = lines.setdefault(first.key, Line(endpoint=first.key, region=first.region))
         estimator.add(line, first, prompt)
         estimator.add(plan.total, first, prompt)
+        batch_usd += estimator.batch_cost(found, prompt, strategy.name == "ordered")
+    plan.by_mode = _by_mode(cfg, plan.total.cost_usd, batch_usd)
     plan.endpoints = sorted(lines.values(), key=lambda x: -x.cost_usd)
     plan.unroutable = list(blocked.values())
     return plan
@@ -200,15 +213,41 @@ class _Estimator:
         )
 
     def add(self, line: Line, e: Endpoint, prompt: int) -> None:
+        inp, out, cost = self.cost(e, prompt)
+        line.chunks += 1
+        line.input_tokens += inp
+        line.output_tokens += out
+        line.cost_usd += cost
+
+    def cost(self, e: Endpoint, prompt: int, *, batch: bool = False) -> tuple[float, float, float]:
+        """(input tokens, output tokens, USD) one chunk is expected to take at ``e``."""
         b = self.history.for_endpoint(e.key)
         out = min(b.output_tokens_per_attempt, output_cap(e, self.max_out))
         inp = prompt * b.input_ratio * b.attempts_per_chunk
         out *= b.attempts_per_chunk
-        line.chunks += 1
-        line.input_tokens += inp
-        line.output_tokens += out
-        p = e.price
-        line.cost_usd += (inp * p.input_per_mtok + out * p.output_per_mtok) / 1e6 * b.price_ratio
+        p = e.price.batch() if batch else e.price
+        return inp, out, (inp * p.input_per_mtok + out * p.output_per_mtok) / 1e6 * b.price_ratio
+
+    def batch_cost(self, candidates: list[Endpoint], prompt: int, ordered: bool) -> float:
+        """A chunk's expected cost in ``routing.mode: batch``, chosen as the batch path
+        chooses: the cheapest candidate at the price it is billed (batch prices where it
+        takes batch jobs), or the first one for ``ordered``."""
+        pool = candidates[:1] if ordered else candidates
+        return min(self.cost(e, prompt, batch=e.batch)[2] for e in pool)
+
+
+def _by_mode(cfg: Config, sync_usd: float, batch_usd: float) -> dict[str, float]:
+    """The three modes' estimates. ``auto`` is the batch figure when the deadline leaves
+    the jobs room (more than an hour: vendors promise 24 h and most jobs end far sooner),
+    else the sync one; what does not come back in time is finished at sync prices."""
+    now = time.time()
+    due = cfg.schedule.deadline_after(now)
+    auto = batch_usd if due is None or due - now > AUTO_MIN_WINDOW_S else sync_usd
+    return {"sync": sync_usd, "batch": batch_usd, "auto": auto}
+
+
+#: The shortest deadline for which ``plan`` counts ``auto`` at batch prices.
+AUTO_MIN_WINDOW_S = 3600.0
 
 
 def render_plan(plan: Plan, fmt: Literal["table", "json"]) -> str:
@@ -242,6 +281,12 @@ def _table(plan: Plan) -> list[str]:
         "",
         f"  budget     ${t.cost_usd:.4f} of ${plan.budget_usd:.2f} ({share:.1f}%): {verdict}",
     ]
+    if plan.by_mode:
+        m = plan.by_mode
+        out.append(
+            f"  by mode    sync ${m['sync']:.4f} · batch ${m['batch']:.4f} · auto "
+            f"${m['auto']:.4f} (routing.mode: {plan.mode}; batch jobs bill half)"
+        )
     if plan.unroutable:
         out.append(f"  no route   {len(plan.unroutable)} document(s), sent nowhere:")
         out += [

@@ -120,7 +120,7 @@ class Run:
             self.dispatcher = BatchDispatcher(
                 self.sync,
                 store=self.store,
-                mode="batch" if r.mode == "sync" else r.mode,
+                mode=r.mode,
                 deadline_at=cfg.schedule.deadline_after(self.started_at),
                 poll_s=r.batch_poll_s,
                 poll_max_s=r.batch_poll_max_s,
@@ -307,6 +307,13 @@ class Run:
         return self.committer.batches(
             self.chunks() if items is None else items, self.cfg.routing.batch_size
         )
+
+    @property
+    def parallel(self) -> int:
+        """Batches in flight at once: ``parallel_batches``, or ``jobs_in_flight`` when the
+        batches are provider jobs that mostly wait."""
+        r = self.cfg.routing
+        return r.parallel_batches if r.mode == "sync" else max(r.jobs_in_flight, r.parallel_batches)
 
     async def process_batch(self, batch: Batch) -> BatchOutcome:
         """Dispatch one batch and commit its rows (``BatchCommitter.process_batch``)."""

@@ -123,7 +123,7 @@ def run_once(path: str | Path, run_id: str, resume: bool = False) -> dict[str, A
 
     async def go() -> dict[str, Any]:
         async with Run.open(cfg, opening) as run:
-            await drive(run.batches(), run.process_batch, cfg.routing.parallel_batches)
+            await drive(run.batches(), run.process_batch, run.parallel)
         return run.summary() | {"deadline_at": cfg.schedule.deadline_after(run.started_at)}
 
     return asyncio.run(go())
@@ -308,6 +308,26 @@ def test_deadline_fallback_cancels_keeps_what_was_done_and_finishes_sync_in_time
     assert audit(Store(root), "b-late").ok
 
 
+def test_an_expired_job_leaves_its_requests_to_sync_calls(
+    tmp_path: Path, sim_env: SimulatorServer
+) -> None:
+    """The vendor expires the job before it ran a line: every request is booked
+    ``batch_unfinished`` at $0 and its chunk is done sync; nothing is paid twice."""
+    corpus(tmp_path / "corpus", {"eu": 4})
+    sim = provider(
+        "sim-eu", "eu", "gpt-4.1-mini", batch_turnaround_s=60.0, batch_expire_after_s=1.0
+    )
+    summary = run_once(config(tmp_path, [sim]), "b-exp")
+    assert summary["succeeded"] == 4
+    ledger = stored(tmp_path / "out", "SELECT mode, outcome, cost_usd FROM ledger")
+    assert Counter((r["mode"], r["outcome"]) for r in ledger) == {
+        ("batch", "batch_unfinished"): 4,
+        ("sync", "ok"): 4,
+    }
+    assert sum(r["cost_usd"] for r in ledger if r["mode"] == "batch") == 0
+    assert all(r.batch_id is None for r in sim_env.requests()), "no line ran in the job"
+
+
 # Runs one batch-mode run in a subprocess that SIGKILLs itself the moment the job id would
 # be recorded: the job exists at the provider, the intent on disk has no id.
 KILLED_AFTER_CREATE = """
@@ -324,11 +344,15 @@ run_once(sys.argv[1], sys.argv[2])
 """
 
 
+@pytest.mark.parametrize("resumed_as", ["batch", "sync"])
 def test_kill_9_between_create_and_record_then_resume_never_submits_twice(
-    tmp_path: Path, simulator: SimulatorServer
+    tmp_path: Path, simulator: SimulatorServer, resumed_as: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Resumed in batch mode, or with the config switched to sync: either way the job the
+    dead process created is found and read, and no request is sent again."""
     corpus(tmp_path / "corpus", {"eu": 6})
-    path = config(tmp_path, [provider("sim-eu", "eu", "gpt-4.1-mini", batch_turnaround_s=1.5)])
+    sim = [provider("sim-eu", "eu", "gpt-4.1-mini", batch_turnaround_s=1.5)]
+    path = config(tmp_path, sim)
     env = os.environ | {"DOCROUTE_SIMULATOR_URL": simulator.url, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-c", KILLED_AFTER_CREATE, str(path), "b-kill"],
@@ -342,11 +366,10 @@ def test_kill_9_between_create_and_record_then_resume_never_submits_twice(
     (intent,) = Intents(Store(root).state_dir).pending("b-kill")
     assert intent.job_id is None, "killed before the id was recorded"
 
-    os.environ["DOCROUTE_SIMULATOR_URL"] = simulator.url
-    try:
-        summary = run_once(path, "b-kill", resume=True)
-    finally:
-        del os.environ["DOCROUTE_SIMULATOR_URL"]
+    if resumed_as == "sync":
+        path = config(tmp_path, sim, routing={"mode": "sync"})
+    monkeypatch.setenv("DOCROUTE_SIMULATOR_URL", simulator.url)
+    summary = run_once(path, "b-kill", resume=True)
     assert summary["succeeded"] == 6
     records = simulator.requests()
     assert len({r.batch_id for r in records}) == 1, "one job: it was found, not resubmitted"
@@ -355,3 +378,40 @@ def test_kill_9_between_create_and_record_then_resume_never_submits_twice(
     assert len(ledger) == 6 == len({r["attempt_id"] for r in ledger})
     assert {r["batch_id"] for r in ledger} == {records[0].batch_id}
     assert audit(Store(root), "b-kill").ok
+
+
+def test_plan_prices_every_mode(tmp_path: Path) -> None:
+    """All-sync, all-batch and auto for the deadline; a self-hosted model cheaper than
+    any batch job stays sync in the batch figure."""
+    from pipeline.plan import make_plan
+
+    corpus(tmp_path / "corpus", {"eu": 4, "us": 4})
+    sims = [provider("sim-eu", "eu", "gpt-4.1-mini"), provider("sim-us", "us", "gpt-4.1-mini")]
+    short = make_plan(
+        load_config(
+            config(tmp_path, sims, routing={"mode": "auto"}, schedule={"finish_within": "10m"})
+        )
+    )
+    assert short.by_mode["batch"] == pytest.approx(short.by_mode["sync"] / 2)
+    assert short.by_mode["auto"] == short.by_mode["sync"], "10 minutes: too short to count on jobs"
+    long = make_plan(
+        load_config(
+            config(tmp_path, sims, routing={"mode": "auto"}, schedule={"finish_within": "4h"})
+        )
+    )
+    assert long.by_mode["auto"] == long.by_mode["batch"]
+
+    local = {
+        "name": "local-eu",
+        "kind": "openai_compatible",
+        "preset": "vllm",
+        "region": "eu",
+        "simulate": "always",
+        "models": [
+            {"id": "m", "input_per_mtok": 0.01, "output_per_mtok": 0.01, "context_window": 32768}
+        ],
+    }
+    mixed = make_plan(load_config(config(tmp_path, [*sims, local])))
+    eu_sync = next(x for x in mixed.endpoints if x.region == "eu").cost_usd
+    us_sync = next(x for x in mixed.endpoints if x.region == "us").cost_usd
+    assert mixed.by_mode["batch"] == pytest.approx(eu_sync + us_sync / 2)

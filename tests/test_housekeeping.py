@@ -243,8 +243,10 @@ def test_audit_passes_a_healthy_run(tmp_path: Path) -> None:
         "ledger_unique",
         "cost_matches_prices",
         "worst_case",
+        "batch",
     ]
-    assert report.checks[-1].detail == "every attempt is booked at its reported usage"
+    assert report.checks[-2].detail == "every attempt is booked at its reported usage"
+    assert report.checks[-1].detail == "no attempt went through a provider batch job"
 
 
 @pytest.mark.parametrize(

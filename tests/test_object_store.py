@@ -309,7 +309,12 @@ def test_a_root_written_before_migrations_is_migrated_on_s3(s3: S3) -> None:
     ) as out:
         out.write(sink.getvalue())
     store = Store(s3.uri)
-    assert store.migrate() == ["0001_baseline", "0002_part_schemas", "0003_runs_family"]
+    assert store.migrate() == [
+        "0001_baseline",
+        "0002_part_schemas",
+        "0003_runs_family",
+        "0004_batch_columns",
+    ]
     assert f"{s3.bucket}/nightly/_catalog.json" in s3.objects()
     assert f"{s3.bucket}/nightly/runs/_schema.parquet" in s3.objects()
     assert _one(store, "SELECT family_id FROM runs WHERE run_id = 'r9'") == "r9"

@@ -178,7 +178,7 @@ def test_cancel_mid_way_keeps_the_done_lines(sim, clock):
     clock.now += 100
     assert c.batches.retrieve(batch.id).status == "cancelled"
     assert len(sim.requests("eu")) == 2  # only the done lines were answered, and billed
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.ConflictError):
         c.batches.cancel(batch.id)
 
 
@@ -220,7 +220,7 @@ def test_an_invalid_input_file_fails_the_batch_with_errors(sim, clock):
     ]
     assert failed.output_file_id is None and failed.error_file_id is None
     assert sim.requests("eu") == []
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.ConflictError):
         c.batches.cancel(batch.id)
 
 

@@ -111,6 +111,18 @@ class EndpointGate:
         self._sleep = sleep
         self.stats = GateStats()
 
+    def seconds_for(self, calls: int, tokens: int, *, concurrency: int, call_s: float) -> float:
+        """About how long ``calls`` calls of ``tokens`` tokens in all take here: the longest
+        of what the RPM and TPM windows allow and ``call_s`` per call, ``concurrency`` (or
+        the endpoint's own cap) at once. What a batch job's deadline fallback plans with."""
+        lanes = min(concurrency, self._max_concurrency or concurrency)
+        needed = call_s * -(-calls // max(lanes, 1))
+        if self._requests is not None:
+            needed = max(needed, calls * self._interval)
+        if self._tokens is not None:
+            needed = max(needed, WINDOW_S * tokens / self._tokens.limit)
+        return needed
+
     # -- availability ---------------------------------------------------------------------
 
     def cooling(self) -> bool:

@@ -221,8 +221,10 @@ class _BatchAPI:
         self._advance(job, now)
         status = job.status(now)
         if status in TERMINAL:
+            # OpenAI answers 409 Conflict here (litellm's tests catch ConflictError for it).
             message = f"Cannot cancel a batch with status '{status}'."
-            raise BadRequest(message, None, "batch_not_cancellable")
+            error = {"message": message, "type": "invalid_request_error", "param": None}
+            return _json({"error": error | {"code": None}}, 409)
         if job.cancel_at is None:
             job.cancel_at = now
         return _json(job.to_dict(now))

@@ -42,6 +42,8 @@ class JobRequest:
     doc_id: str
     attempt: int
     reserved_usd: float
+    tokens: int = 0
+    """Its prompt estimate and output cap: its weight in the endpoint's TPM if sent sync."""
 
 
 @dataclass(frozen=True, slots=True)
