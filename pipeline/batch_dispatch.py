@@ -70,11 +70,14 @@ SYNC_CALL_S = 2.0
 #: Longest margin kept before the deadline, and longest wait for a cancelled job to end
 #: (OpenAI: cancelling may take up to 10 minutes).
 MAX_MARGIN_S = 600.0
+_UNKNOWN = object()  # a create call whose outcome nobody can tell
 _UNFINISHED = "its batch job ended (cancelled or expired) before this request ran: not billed"
 _UNCERTAIN = (
-    "its batch job had not ended when the run had to finish; booked at the reserved worst "
-    "case, since the provider may still bill it"
+    "its batch job had not ended, or could not be read, when the run had to go on; booked "
+    "at the reserved worst case, since the provider may bill it"
 )
+#: Reads of an ended job's results before its requests are given up as ``uncertain``.
+_RESULT_READS = 3
 
 
 @dataclass(slots=True)
@@ -208,7 +211,7 @@ class BatchDispatcher:
                                 group.create_task(go_sync(chunk, req.job))
                             else:
                                 group.create_task(settle(req, chunk))
-                        if job is not None:
+                        if job is not None and job.intent.job_id is not None:
                             group.create_task(self._follow(job))
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
@@ -254,9 +257,7 @@ class BatchDispatcher:
             return None  # the sync way applies the budget's rules (wait, refuse, downgrade)
         job = ChunkJob(chunk, run_id=self.run_id, schema_name=self.sync.schema.name, sink=on_entry)
         job.excluded.extend(plan.excluded)
-        return _Request(
-            job, endpoint, custom_id=_attempt_id(), number=1, hold=hold, request=request
-        )
+        return _Request(job, endpoint, _attempt_id(), 1, hold, request=request, tokens=tokens)
 
     def _choice(self, candidates: list[Endpoint], prompt_tokens: int) -> Endpoint | None:
         """The endpoint a chunk's job goes to, or None if its first choice is a sync one.
@@ -319,22 +320,18 @@ class BatchDispatcher:
             self.run_id, endpoint.provider, endpoint.model, endpoint.region, requests
         )
         self.intents.save(intent)
+        provider = self._provider(endpoint)
         try:
-            job_id = await self._provider(endpoint).submit(
-                [_line(req) for _, req in part], metadata=intent.metadata
-            )
+            lines = [_line(req) for _, req in part]
+            job_id = await provider.submit(lines, metadata=intent.metadata)
         except errors.ProviderError as exc:
-            # Not created: nothing was billed. The holds go back; the chunks go sync.
-            log.warning(
-                "batch job of %d request(s) at %s not created (%s); they go sync",
-                len(part),
-                endpoint.key,
-                scrub(exc.message),
-            )
-            self.intents.forget(intent)
-            for _, req in part:
-                self.sync.budget.settle(req.hold, 0.0)
-            return None
+            found = await self._created_anyway(provider, intent, exc)
+            if found is None:
+                self._not_created(intent, part, exc)
+                return None
+            if not isinstance(found, str):
+                return self._unknown(intent, endpoint, part)
+            job_id = found
         intent = intent.submitted(job_id)
         self.intents.save(intent)
         self._saved.append(intent)
@@ -356,6 +353,53 @@ class BatchDispatcher:
         self._count(job, +1)
         return job
 
+    async def _created_anyway(
+        self, provider: BatchProvider, intent: JobIntent, exc: errors.ProviderError
+    ) -> str | object | None:
+        """After a create call that failed with no clear answer (a timeout, a cut
+        connection, a 5xx), the job it may have created, looked up by its metadata; None
+        if it was refused or is not listed, ``_UNKNOWN`` if the listing failed too."""
+        if exc.http_status is not None and exc.http_status < 500:
+            return None  # refused: nothing was created
+        try:
+            return await provider.find(intent.metadata)
+        except errors.ProviderError as again:
+            log.warning(
+                "batch job intent %s: the create call failed (%s) and the listing too (%s)",
+                intent.intent_id,
+                scrub(exc.message),
+                scrub(again.message),
+            )
+            return _UNKNOWN
+
+    def _unknown(
+        self, intent: JobIntent, endpoint: Endpoint, part: list[tuple[Chunk, _Request]]
+    ) -> _Job:
+        """A job that may exist: its requests are booked ``uncertain`` at their worst case
+        (the vendor may bill them) and go sync; its intent stays for a resumed run."""
+        job = _Job(intent, endpoint)
+        loop = asyncio.get_running_loop()
+        for _, req in part:
+            req.done = loop.create_future()
+            req.done.set_result(None)
+            job.requests[req.custom_id] = req
+        return job
+
+    def _not_created(
+        self, intent: JobIntent, part: list[tuple[Chunk, _Request]], exc: errors.ProviderError
+    ) -> None:
+        """The job was refused (nothing billed): the holds go back, the chunks go sync."""
+        log.warning(
+            "batch job of %d request(s) at %s/%s not created (%s); they go sync",
+            len(part),
+            intent.provider,
+            intent.model,
+            scrub(exc.message),
+        )
+        self.intents.forget(intent)
+        for _, req in part:
+            self.sync.budget.settle(req.hold, 0.0)
+
     def _count(self, job: _Job, sign: int) -> None:
         """Add (``+1``) or remove (``-1``) a job's requests from what is outstanding."""
         held = self._outstanding[job.endpoint.provider]
@@ -366,23 +410,34 @@ class BatchDispatcher:
 
     async def _follow(self, job: _Job) -> None:
         """Poll ``job`` until it ends (cancelling it at the fallback moment); then hand
-        every request its line (None: the job never ended in time)."""
-        lines: dict[str, LineResult] = {}
-        ended = False
+        every request its line. None: the job did not end in time, or its results could
+        not be read; a request an ended job's results do not mention never ran."""
+        lines: dict[str, LineResult] | None = None
         try:
-            ended = await self._wait(job)
-            if ended:
-                found = await self._provider(job.endpoint).results(_job_id(job))
-                lines = {line.custom_id: line for line in found}
+            if await self._wait(job):
+                lines = await self._results(job)
         except errors.ProviderError as exc:
             log.warning("batch job %s: %s; its requests go sync", _job_id(job), exc.message)
         finally:
             self._count(job, -1)
             for custom_id, req in job.requests.items():
                 if req.done is not None and not req.done.done():
-                    # A request the ended job's files do not mention never ran.
                     unran = LineResult(custom_id, unfinished=True)
-                    req.done.set_result(lines.get(custom_id, unran) if ended else None)
+                    req.done.set_result(None if lines is None else lines.get(custom_id, unran))
+
+    async def _results(self, job: _Job) -> dict[str, LineResult]:
+        """An ended job's results by ``custom_id``, read again after transient errors."""
+        reads = 1
+        while True:
+            try:
+                found = await self._provider(job.endpoint).results(_job_id(job))
+                return {line.custom_id: line for line in found}
+            except errors.TransientError as exc:
+                if reads >= _RESULT_READS:
+                    raise
+                log.info("batch job %s: results not read yet (%s)", _job_id(job), exc.message)
+                await self._sleep(self.poll_s * reads)
+                reads += 1
 
     async def _wait(self, job: _Job) -> bool:
         """Whether the job ended (done, cancelled, expired or failed) before the run must

@@ -328,6 +328,52 @@ def test_an_expired_job_leaves_its_requests_to_sync_calls(
     assert all(r.batch_id is None for r in sim_env.requests()), "no line ran in the job"
 
 
+def test_a_create_call_lost_in_transit_is_found_not_resent(
+    tmp_path: Path, sim_env: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job is created but the answer to the create call is lost (a timeout): the job
+    is looked up by its metadata and read; nothing is sent twice."""
+    from pipeline import errors
+    from pipeline.providers.openai import OpenAIProvider
+
+    real = OpenAIProvider.submit
+
+    async def lost(self: OpenAIProvider, lines: Any, *, metadata: dict[str, str]) -> str:
+        await real(self, lines, metadata=metadata)
+        raise errors.Timeout("timed out waiting for the create call", provider=self.name)
+
+    monkeypatch.setattr(OpenAIProvider, "submit", lost)
+    corpus(tmp_path / "corpus", {"eu": 5})
+    summary = run_once(config(tmp_path, [provider("sim-eu", "eu", "gpt-4.1-mini")]), "b-lost")
+    assert summary["succeeded"] == 5
+    records = sim_env.requests()
+    assert len(records) == 5 and len({r.batch_id for r in records}) == 1
+    assert all(r.batch_id for r in records), "nothing was sent sync beside the job"
+
+
+def test_results_that_cannot_be_read_are_booked_at_worst_case_not_as_never_run(
+    tmp_path: Path, sim_env: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job ended but its results cannot be downloaded: the vendor billed its requests,
+    so they are booked ``uncertain`` at their reserved worst case (never $0), and the
+    chunks are done sync."""
+    from pipeline import errors
+    from pipeline.providers.openai import OpenAIProvider
+
+    async def unreadable(self: OpenAIProvider, job_id: str) -> Any:
+        raise errors.ServerError("HTTP 500 on the output file", provider=self.name)
+
+    monkeypatch.setattr(OpenAIProvider, "results", unreadable)
+    corpus(tmp_path / "corpus", {"eu": 3})
+    summary = run_once(config(tmp_path, [provider("sim-eu", "eu", "gpt-4.1-mini")]), "b-unr")
+    assert summary["succeeded"] == 3
+    ledger = stored(tmp_path / "out", "SELECT mode, outcome, cost_usd, reserved_usd FROM ledger")
+    batch = [r for r in ledger if r["mode"] == "batch"]
+    assert [r["outcome"] for r in batch] == ["uncertain"] * 3
+    assert all(r["cost_usd"] == r["reserved_usd"] > 0 for r in batch)
+    assert audit(Store(tmp_path / "out"), "b-unr").ok
+
+
 # Runs one batch-mode run in a subprocess that SIGKILLs itself the moment the job id would
 # be recorded: the job exists at the provider, the intent on disk has no id.
 KILLED_AFTER_CREATE = """
