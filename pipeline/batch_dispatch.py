@@ -28,8 +28,9 @@ Jobs are polled with backoff (``poll_s`` growing 1.5× to ``poll_max_s``), each 
 with its progress. At the fallback moment (the deadline less the time the job's requests
 would take synchronously, and a margin) an unfinished job is cancelled; what it completed
 is kept, the rest (``batch_unfinished``: not billed) goes sync, as do expired jobs' and
-failed jobs' requests. An answer that fails validation or an error line sends its chunk
-the sync way too, the endpoint that failed tried last (rerouted first). A request whose
+failed jobs' requests. A chunk whose answer fails validation (or an error line) goes in the
+next round's job at its next cheapest endpoint taking jobs (rerouted: the one that failed
+is left out) while the deadline allows, else sync with that endpoint tried last. A request whose
 job has not ended when the run must finish is booked ``uncertain`` at its reserved worst
 case: the vendor may still bill it.
 """
@@ -41,9 +42,9 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pipeline import errors
 from pipeline.attempt import Booking, ledger_row
@@ -165,7 +166,11 @@ class BatchDispatcher:
         on_result: Callable[[Result], None] | None = None,
         on_entry: Callable[[LedgerEntry], None] | None = None,
     ) -> BatchOutcome:
-        """Like ``Dispatcher.run_batch``: one result per chunk, every attempt's ledger row."""
+        """Like ``Dispatcher.run_batch``: one result per chunk, every attempt's ledger row.
+
+        Jobs go in rounds: a chunk whose answer in a job was invalid (or an error) goes in
+        the next round's job at its next cheapest endpoint taking jobs (rerouted), while
+        the deadline allows; what no job can take goes sync at once."""
         outcome = BatchOutcome()
         gate = asyncio.Semaphore(self.sync.settings.concurrency)
 
@@ -180,49 +185,83 @@ class BatchDispatcher:
                 result, ledger = await self.sync.process(chunk, on_entry, job)
             done(result, ledger)
 
-        async def settle(req: _Request, chunk: Chunk) -> None:
+        async def settle(
+            req: _Request, chunk: Chunk, again: list[tuple[Chunk, ChunkJob]] | None
+        ) -> None:
+            """Book the request's line; the chunk is done, or goes on: in the next round
+            (``again``) if its job answered, else sync."""
             assert req.done is not None
             line = await req.done
             req.job.chunk, req.job.sink = chunk, on_entry  # an adopted one had a stand-in
             if self._book(req, line):
                 done(req.job.finish(), req.job.ledger)
+            elif again is not None and line is not None and not line.unfinished:
+                again.append((chunk, req.job))  # answered, unusable: the next round
             else:
-                await go_sync(chunk, req.job)
+                sync.create_task(go_sync(chunk, req.job))
 
         try:
-            async with asyncio.TaskGroup() as group:
-                groups: dict[tuple[str, tuple[str, ...]], list[tuple[Chunk, _Request]]]
-                groups = defaultdict(list)
+            async with asyncio.TaskGroup() as sync:  # the sync calls, and adopted requests
+                todo: list[tuple[Chunk, ChunkJob | None]] = []
                 for chunk in chunks:
                     adopted = self._adopted.pop(chunk.chunk_id, None)
                     if adopted is not None:
-                        group.create_task(settle(adopted, chunk))
-                        continue
-                    req = self._reserve(chunk, on_entry)
-                    if req is None:
-                        group.create_task(go_sync(chunk, None))
+                        sync.create_task(settle(adopted, chunk, None))
                     else:
-                        groups[(req.endpoint.key, chunk.regions)].append((chunk, req))
-                for members in groups.values():
-                    for part in self._split(members):
-                        job = await self._submit(part)
-                        for chunk, req in part:
-                            if job is None:
-                                group.create_task(go_sync(chunk, req.job))
-                            else:
-                                group.create_task(settle(req, chunk))
-                        if job is not None and job.intent.job_id is not None:
-                            group.create_task(self._follow(job))
+                        todo.append((chunk, None))
+                while todo:
+                    again: list[tuple[Chunk, ChunkJob]] = []
+                    async with asyncio.TaskGroup() as jobs:  # one round of jobs
+                        for part, job in await self._jobs(todo, on_entry, sync, go_sync):
+                            for chunk, req in part:
+                                jobs.create_task(settle(req, chunk, again))
+                            if job.intent.job_id is not None:
+                                jobs.create_task(self._follow(job))
+                    todo = list(again)
         except BaseExceptionGroup as failed:
-            raise failed.exceptions[0] from None
+            raise _first(failed) from None
         return outcome
 
+    async def _jobs(
+        self,
+        todo: list[tuple[Chunk, ChunkJob | None]],
+        on_entry: Callable[[LedgerEntry], None] | None,
+        sync: asyncio.TaskGroup,
+        go_sync: Callable[[Chunk, ChunkJob | None], Coroutine[Any, Any, None]],
+    ) -> list[tuple[list[tuple[Chunk, _Request]], _Job]]:
+        """Submit one round: each chunk in a job (grouped by endpoint and region set, split
+        to the vendor's limits), or, where no job may take it, started sync."""
+        groups: dict[tuple[str, tuple[str, ...]], list[tuple[Chunk, _Request]]]
+        groups = defaultdict(list)
+        for chunk, prior in todo:
+            req = self._reserve(chunk, on_entry, prior)
+            if req is None:
+                sync.create_task(go_sync(chunk, prior))
+            else:
+                groups[(req.endpoint.key, chunk.regions)].append((chunk, req))
+        submitted = []
+        for members in groups.values():
+            for part in self._split(members):
+                job = await self._submit(part)
+                if job is None:
+                    for chunk, req in part:
+                        sync.create_task(go_sync(chunk, req.job))
+                else:
+                    submitted.append((part, job))
+        return submitted
+
     def _reserve(
-        self, chunk: Chunk, on_entry: Callable[[LedgerEntry], None] | None
+        self,
+        chunk: Chunk,
+        on_entry: Callable[[LedgerEntry], None] | None,
+        prior: ChunkJob | None = None,
     ) -> _Request | None:
         """The chunk's request in a job, its worst case held; None: it goes the sync way
-        (always in ``sync`` mode, where only jobs a resumed run adopted are read)."""
+        (always in ``sync`` mode, where only jobs a resumed run adopted are read).
+        ``prior``: the chunk's way so far, whose failed endpoints (``avoid``) are left out."""
         if self.mode == "sync" or self.sync.breaker.tripped(chunk.doc_id) is not None:
+            return None
+        if prior is not None and prior.attempts >= self.sync.settings.max_attempts:
             return None
         settings = self.sync.settings
         messages = first_messages(settings.instructions, chunk.text)
@@ -233,7 +272,8 @@ class BatchDispatcher:
             max_output_tokens=settings.max_output_tokens,
             strategy=self.sync.strategy,
         )
-        endpoint = self._choice(plan.candidates, estimate)
+        avoid = prior.avoid if prior is not None else set()
+        endpoint = self._choice([e for e in plan.candidates if e.key not in avoid], estimate)
         if endpoint is None:
             return None
         max_out = output_cap(endpoint, settings.max_output_tokens)
@@ -255,9 +295,12 @@ class BatchDispatcher:
         )
         if hold is None:
             return None  # the sync way applies the budget's rules (wait, refuse, downgrade)
-        job = ChunkJob(chunk, run_id=self.run_id, schema_name=self.sync.schema.name, sink=on_entry)
+        job = prior or ChunkJob(
+            chunk, run_id=self.run_id, schema_name=self.sync.schema.name, sink=on_entry
+        )
         job.excluded.extend(plan.excluded)
-        return _Request(job, endpoint, _attempt_id(), 1, hold, request=request, tokens=tokens)
+        number = job.attempts + 1
+        return _Request(job, endpoint, _attempt_id(), number, hold, request=request, tokens=tokens)
 
     def _choice(self, candidates: list[Endpoint], prompt_tokens: int) -> Endpoint | None:
         """The endpoint a chunk's job goes to, or None if its first choice is a sync one.
@@ -672,6 +715,12 @@ class BatchDispatcher:
         for intent in self._saved:
             self.intents.forget(intent)
         return rows
+
+
+def _first(failed: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error inside (nested) task groups."""
+    first = failed.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _line(req: _Request) -> BatchLine:
