@@ -60,7 +60,7 @@ from pipeline.store import Store
 from pipeline.store.intents import Intents, JobIntent, JobRequest
 from pipeline.validation import first_messages, prompt_token_estimate, validate_reply
 
-__all__ = ["SYNC_CALL_S", "BatchDispatcher", "BatchStats"]
+__all__ = ["SYNC_CALL_S", "BatchDispatcher"]
 
 log = logging.getLogger(__name__)
 
@@ -79,22 +79,6 @@ _UNCERTAIN = (
 )
 #: Reads of an ended job's results before its requests are given up as ``uncertain``.
 _RESULT_READS = 3
-
-
-@dataclass(slots=True)
-class BatchStats:
-    """What the run's batch jobs did, for the summary."""
-
-    jobs: int = 0
-    requests: int = 0
-    answered: int = 0
-    cost_usd: float = 0.0
-    sync_cost_usd: float = 0.0
-    """What the same answers would have cost at the sync prices."""
-
-    @property
-    def saved_usd(self) -> float:
-        return max(self.sync_cost_usd - self.cost_usd, 0.0)
 
 
 @dataclass(slots=True)
@@ -142,7 +126,6 @@ class BatchDispatcher:
         self.mode = mode
         self.deadline_at = deadline_at
         self.poll_s, self.poll_max_s = poll_s, poll_max_s
-        self.stats = BatchStats()
         self.intents = Intents(store.state_dir)
         self._clock, self._sleep = clock, sleep
         self._started = clock()
@@ -378,8 +361,6 @@ class BatchDispatcher:
         intent = intent.submitted(job_id)
         self.intents.save(intent)
         self._saved.append(intent)
-        self.stats.jobs += 1
-        self.stats.requests += len(part)
         log.info(
             "batch job %s: %d request(s) at %s (%s), worst case $%.6f held",
             job_id,
@@ -585,9 +566,6 @@ class BatchDispatcher:
                     exc.outcome, reply.usage, cost, 200, scrub(exc.message), reply.request_id,
                     reply.model_reported,
                 )  # fmt: skip
-            self.stats.answered += 1
-            self.stats.cost_usd += cost
-            self.stats.sync_cost_usd += endpoint.price.cost_usd(reply.usage)
         else:
             said = line.error or errors.ServerError("no answer", provider=endpoint.provider)
             cost = price.cost_usd(said.usage)
