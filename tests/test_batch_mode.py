@@ -463,3 +463,46 @@ def test_plan_prices_every_mode(tmp_path: Path) -> None:
     eu_sync = next(x for x in mixed.endpoints if x.region == "eu").cost_usd
     us_sync = next(x for x in mixed.endpoints if x.region == "us").cost_usd
     assert mixed.by_mode["batch"] == pytest.approx(eu_sync + us_sync / 2)
+
+
+def test_every_vendor_at_once_with_faults_keeps_every_promise(
+    tmp_path: Path, sim_env: SimulatorServer
+) -> None:
+    """OpenAI, Anthropic and Mistral jobs in one run, with 429s, 5xx and invalid answers
+    inside the jobs, a tight cap and a deadline: residency, the cap, one result per chunk,
+    and every request the simulator served ledgered exactly once (by its chunk's prompt)."""
+    corpus(tmp_path / "corpus", {"eu": 14, "us": 14, "any": 8})
+    faults = {"rate_429": 0.1, "rate_500": 0.05, "invalid_rate": 0.15, "batch_turnaround_s": 1.5}
+    providers = [
+        provider("oai-eu", "eu", "gpt-4.1-mini", **faults),
+        {**provider("mis-eu", "eu", "mistral-small-latest", **faults), "kind": "mistral"},
+        {**provider("ant-us", "us", "claude-haiku-4-5", **faults), "kind": "anthropic"},
+        provider("oai-us", "us", "gpt-4.1-nano", **faults),
+    ]
+    path = config(
+        tmp_path, providers, run_usd=0.02, routing={"mode": "auto"},
+        schedule={"finish_within": "2m"},
+    )  # fmt: skip
+    summary = run_once(path, "b-all")
+    root = tmp_path / "out"
+    assert summary["chunks"] == 36
+    assert summary["succeeded"] + summary["failed"] + summary["skipped"] == 36
+    report = audit(Store(root), "b-all")
+    assert report.ok, report.text()
+    records = sim_env.requests()
+    vendors = {r.endpoint for r in records if r.batch_id}
+    # the cheapest at batch prices first (Mistral small in the EU, GPT-4.1 nano in the US);
+    # the others take the rerouted chunks in a next round
+    assert vendors == {"mis-eu", "oai-us", "oai-eu", "ant-us"}, vendors
+    served = Counter(r.prompt_sha256 for r in records if r.status != 0)
+    chunks = chunk_of_prompt(root)
+    rows = stored(
+        root,
+        "SELECT chunk_id, count(*) AS n FROM ledger WHERE provider IS NOT NULL "
+        "AND outcome NOT IN ('batch_unfinished', 'uncertain', 'interrupted', 'timeout', "
+        "'connection_error') GROUP BY 1",
+    )
+    ledgered = {r["chunk_id"]: r["n"] for r in rows}
+    # each answered request is one ledger row of its chunk, and each such row one request
+    assert {chunks[p]["chunk_id"]: n for p, n in served.items()} == ledgered
+    assert sum(r["cost_usd"] for r in stored(root, "SELECT cost_usd FROM ledger")) <= 0.02
