@@ -440,6 +440,11 @@ class BatchDispatcher:
         try:
             if await self._wait(job):
                 lines = await self._results(job)
+                if lines and not lines.keys() & job.requests.keys():
+                    # A job found by time and size (Anthropic keeps no metadata) that holds
+                    # none of these requests: another job. Ours may exist: worst case.
+                    log.error("batch job %s holds none of its intent's requests", _job_id(job))
+                    lines = None
         except errors.ProviderError as exc:
             log.warning("batch job %s: %s; its requests go sync", _job_id(job), exc.message)
         finally:

@@ -376,6 +376,26 @@ def test_results_that_cannot_be_read_are_booked_at_worst_case_not_as_never_run(
     assert audit(Store(tmp_path / "out"), "b-unr").ok
 
 
+def test_a_job_holding_none_of_its_requests_is_not_taken_for_it(
+    tmp_path: Path, sim_env: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anthropic keeps no metadata, so a job found after a restart is matched by time and
+    size; if its results hold none of the intent's requests, it was another job, and the
+    requests are booked at their worst case, not as never run."""
+    from pipeline.providers.anthropic import AnthropicProvider
+    from pipeline.providers.batch import LineResult
+
+    async def foreign(self: AnthropicProvider, job_id: str) -> list[LineResult]:
+        return [LineResult("someone-elses-request", unfinished=True)]
+
+    monkeypatch.setattr(AnthropicProvider, "results", foreign)
+    corpus(tmp_path / "corpus", {"us": 3})
+    ant = {**provider("ant-us", "us", "claude-haiku-4-5"), "kind": "anthropic"}
+    run_once(config(tmp_path, [ant]), "b-foreign")
+    batch = stored(tmp_path / "out", "SELECT outcome FROM ledger WHERE mode = 'batch'")
+    assert [r["outcome"] for r in batch] == ["uncertain"] * 3
+
+
 # Runs one batch-mode run in a subprocess that SIGKILLs itself the moment the job id would
 # be recorded: the job exists at the provider, the intent on disk has no id.
 KILLED_AFTER_CREATE = """
