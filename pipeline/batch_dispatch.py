@@ -58,13 +58,19 @@ from pipeline.providers.bounds import input_token_bound
 from pipeline.secrets import scrub
 from pipeline.store import Store
 from pipeline.store.intents import Intents, JobIntent, JobRequest
-from pipeline.validation import first_messages, prompt_token_estimate, validate_reply
+from pipeline.validation import (
+    first_messages,
+    prompt_token_estimate,
+    repair_messages,
+    validate_reply,
+)
 
 __all__ = ["SYNC_CALL_S", "BatchDispatcher"]
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["sync", "batch", "auto"]
+Next = Literal["done", "round", "sync"]
 #: The time one synchronous call is assumed to take, to decide when the rest of an
 #: unfinished job must go sync so that it is done by the deadline (``concurrency`` at once).
 SYNC_CALL_S = 2.0
@@ -91,6 +97,9 @@ class _Request:
     number: int
     hold: Hold
     request: ChatRequest | None = None
+    messages: list[dict[str, str]] = field(default_factory=list)
+    tries: tuple[int, int] = (0, 0)
+    """(repairs, retries) already made at this endpoint by earlier rounds."""
     tokens: int = 0
     """What the request weighs in the endpoint's TPM window if it has to go sync."""
     batch_id: str | None = None
@@ -132,10 +141,14 @@ class BatchDispatcher:
         self._adopted: dict[str, _Request] = {}  # chunk id → its request in an adopted job
         self._adopted_jobs: list[asyncio.Task[None]] = []
         self._saved: list[JobIntent] = []
-        #: Requests (and their tokens) in unfinished jobs, by provider: what would go sync
-        #: there at the deadline, so what the fallback moment is planned for.
+        #: Requests (and their tokens) held for or in unfinished jobs, by provider: what
+        #: would go sync there at the deadline, so what the fallback moment is planned for.
         self._outstanding: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._json_schema = sync.schema.json_schema()
+        #: Chunks the next round sends to the same endpoint again (chunk id → the endpoint,
+        #: the messages to send, and the (repairs, retries) made there), as sync does:
+        #: a repair prompt after an invalid answer, a retry after a transient error.
+        self._again: dict[str, tuple[Endpoint, list[dict[str, str]], tuple[int, int]]] = {}
 
     @property
     def run_id(self) -> str:
@@ -176,10 +189,11 @@ class BatchDispatcher:
             assert req.done is not None
             line = await req.done
             req.job.chunk, req.job.sink = chunk, on_entry  # an adopted one had a stand-in
-            if self._book(req, line):
+            verdict = self._book(req, line)
+            if verdict == "done":
                 done(req.job.finish(), req.job.ledger)
-            elif again is not None and line is not None and not line.unfinished:
-                again.append((chunk, req.job))  # answered, unusable: the next round
+            elif verdict == "round" and again is not None:
+                again.append((chunk, req.job))
             else:
                 sync.create_task(go_sync(chunk, req.job))
 
@@ -255,10 +269,18 @@ class BatchDispatcher:
             max_output_tokens=settings.max_output_tokens,
             strategy=self.sync.strategy,
         )
-        avoid = prior.avoid if prior is not None else set()
-        endpoint = self._choice([e for e in plan.candidates if e.key not in avoid], estimate)
-        if endpoint is None:
-            return None
+        same = self._again.pop(chunk.chunk_id, None) if prior is not None else None
+        tries = (0, 0)
+        if same is not None:
+            endpoint, messages, tries = same
+            estimate = prompt_token_estimate(messages, chunk.token_estimate)
+        else:
+            avoid = prior.avoid if prior is not None else set()
+            candidates = [e for e in plan.candidates if e.key not in avoid]
+            found = self._choice(candidates, estimate)
+            if found is None:
+                return None
+            endpoint = found
         max_out = output_cap(endpoint, settings.max_output_tokens)
         request = ChatRequest(
             model=endpoint.model,
@@ -278,12 +300,15 @@ class BatchDispatcher:
         )
         if hold is None:
             return None  # the sync way applies the budget's rules (wait, refuse, downgrade)
+        self._add(endpoint.provider, 1, tokens)  # outstanding from now: later ones see it
         job = prior or ChunkJob(
             chunk, run_id=self.run_id, schema_name=self.sync.schema.name, sink=on_entry
         )
         job.excluded.extend(plan.excluded)
         number = job.attempts + 1
-        return _Request(job, endpoint, _attempt_id(), number, hold, request=request, tokens=tokens)
+        req = _Request(job, endpoint, _attempt_id(), number, hold, request, messages, tries)
+        req.tokens = tokens
+        return req
 
     def _choice(self, candidates: list[Endpoint], prompt_tokens: int) -> Endpoint | None:
         """The endpoint a chunk's job goes to, or None if its first choice is a sync one.
@@ -374,7 +399,6 @@ class BatchDispatcher:
         for _, req in part:
             req.done, req.batch_id = loop.create_future(), job_id
             job.requests[req.custom_id] = req
-        self._count(job, +1)
         return job
 
     async def _created_anyway(
@@ -407,6 +431,7 @@ class BatchDispatcher:
             req.done = loop.create_future()
             req.done.set_result(None)
             job.requests[req.custom_id] = req
+        self._count(job, -1)  # nothing to wait for
         return job
 
     def _not_created(
@@ -423,12 +448,17 @@ class BatchDispatcher:
         self.intents.forget(intent)
         for _, req in part:
             self.sync.budget.settle(req.hold, 0.0)
+            self._add(intent.provider, -1, -req.tokens)
 
     def _count(self, job: _Job, sign: int) -> None:
         """Add (``+1``) or remove (``-1``) a job's requests from what is outstanding."""
-        held = self._outstanding[job.endpoint.provider]
-        held[0] += sign * len(job.requests)
-        held[1] += sign * sum(r.tokens for r in job.requests.values())
+        tokens = sum(r.tokens for r in job.requests.values())
+        self._add(job.endpoint.provider, sign * len(job.requests), sign * tokens)
+
+    def _add(self, provider: str, requests: int, tokens: int) -> None:
+        held = self._outstanding[provider]
+        held[0] += requests
+        held[1] += tokens
 
     # -- a job's life ----------------------------------------------------------------------
 
@@ -548,12 +578,14 @@ class BatchDispatcher:
 
     # -- one request's answer --------------------------------------------------------------
 
-    def _book(self, req: _Request, line: LineResult | None) -> bool:
-        """Ledger the request's answer once; True if the chunk has its answer now."""
+    def _book(self, req: _Request, line: LineResult | None) -> Next:
+        """Ledger the request's answer once; then the chunk is ``done``, or goes in the
+        next ``round`` of jobs, or ``sync``."""
         job, endpoint = req.job, req.endpoint
         price = endpoint.price.batch()
         job.attempts, job.called = req.number, endpoint
         output: str | None = None
+        invalid: errors.InvalidOutput | None = None
         if line is None:
             booking = Booking("uncertain", Usage(), req.hold.amount_usd, None, _UNCERTAIN)
         elif line.unfinished:
@@ -567,6 +599,7 @@ class BatchDispatcher:
                     "ok", reply.usage, cost, 200, None, reply.request_id, reply.model_reported
                 )
             except errors.InvalidOutput as exc:
+                invalid = exc
                 booking = Booking(
                     exc.outcome, reply.usage, cost, 200, scrub(exc.message), reply.request_id,
                     reply.model_reported,
@@ -599,15 +632,35 @@ class BatchDispatcher:
             except Exception as exc:
                 raise errors.LedgerWriteError(f"the journal refused a row: {exc!r}") from exc
         if output is None:
-            if line is not None and not line.unfinished:
-                job.avoid.add(endpoint.key)
-            return False
+            if line is None or line.unfinished:
+                return "sync"
+            return self._next_round(req, line, invalid)
         doubt = self.sync.strategy.judge(output)
         if doubt is not None:
             job.fallback, job.avoid = (output, endpoint, doubt), job.avoid | {endpoint.key}
-            return False
+            return "round"
         job.output, job.endpoint = output, endpoint
-        return True
+        return "done"
+
+    def _next_round(
+        self, req: _Request, line: LineResult, invalid: errors.InvalidOutput | None
+    ) -> Next:
+        """Where the chunk goes next, by the sync rules: the same endpoint with a repair
+        prompt (``repair_attempts`` times) after an invalid answer, or again after a
+        transient error (``retries_per_endpoint`` times); else the next endpoint. An answer
+        cut off at the output cap goes sync, where it gets more room (never rerouted)."""
+        s, chunk_id = self.sync.settings, req.job.chunk.chunk_id
+        repairs, retries = req.tries
+        if isinstance(invalid, errors.OutputTruncated):
+            return "sync"
+        if invalid is not None and repairs < s.repair_attempts:
+            messages = repair_messages(req.messages, invalid)
+            self._again[chunk_id] = (req.endpoint, messages, (repairs + 1, retries))
+        elif isinstance(line.error, errors.TransientError) and retries < s.retries_per_endpoint:
+            self._again[chunk_id] = (req.endpoint, req.messages, (repairs, retries + 1))
+        else:
+            req.job.avoid.add(req.endpoint.key)
+        return "round"
 
     # -- a resumed run ---------------------------------------------------------------------
 
