@@ -1,7 +1,7 @@
 """Batch-jobs benchmark: what ``routing.mode: auto`` costs against all-sync, and a deadline
 too short for the jobs.
 
-    .venv/bin/python bench/batch.py                    # every scenario (about 5 minutes)
+    .venv/bin/python bench/batch.py                    # every scenario (about 2 minutes)
     .venv/bin/python bench/batch.py --chunks 3000
 
 Each scenario writes the same corpus (``--chunks`` one-chunk documents from the sample
