@@ -18,8 +18,10 @@ already spent against the same cap.
 # does not resolve (the flow run fails before it starts).
 
 import asyncio
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC
 from typing import Any
@@ -167,10 +169,34 @@ async def _execute(cfg: Config, opening: Opening, simulate: bool) -> dict[str, A
             opening.selection.parent_run_id,
             again,
         )
-    async with Run.open(cfg, opening, simulate=simulate) as run:
-        _announce(run)
-        summary = await _drive(run, run.batches())
+    with _forwarded("pipeline.batch_dispatch", logger):  # batch jobs' progress, in the run log
+        async with Run.open(cfg, opening, simulate=simulate) as run:
+            _announce(run)
+            summary = await _drive(run, run.batches())
     return summary | {"status": _status(summary)}
+
+
+@contextmanager
+def _forwarded(name: str, logger: Any) -> Iterator[None]:
+    """Records of the logger ``name`` (INFO and up) go to the flow run's ``logger``: what
+    the pipeline says about long waits (a batch job's progress) shows in Prefect."""
+    source = logging.getLogger(name)
+
+    class Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logger.log(record.levelno, "%s", record.getMessage())
+
+    handler = Forward(logging.INFO)
+    level, propagate = source.level, source.propagate
+    source.addHandler(handler)
+    source.setLevel(logging.INFO)
+    source.propagate = False  # once, in the run log
+    try:
+        yield
+    finally:
+        source.removeHandler(handler)
+        source.setLevel(level)
+        source.propagate = propagate
 
 
 def _opening(cfg: Config, given: Opening | None, request: Request) -> Opening:

@@ -531,3 +531,20 @@ def test_every_vendor_at_once_with_faults_keeps_every_promise(
     # each answered request is one ledger row of its chunk, and each such row one request
     assert {chunks[p]["chunk_id"]: n for p, n in served.items()} == ledgered
     assert sum(r["cost_usd"] for r in stored(root, "SELECT cost_usd FROM ledger")) <= 0.02
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_flow_run_in_batch_mode_logs_each_jobs_progress(
+    tmp_path: Path, sim_env: SimulatorServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Through the Prefect flow: a job's creation and its reads (requests done of the
+    total) are in the flow run's log, and the run succeeds at batch prices."""
+    from flows.nightly import nightly_batch
+
+    corpus(tmp_path / "corpus", {"eu": 3})
+    path = config(tmp_path, [provider("sim-eu", "eu", "gpt-4.1-mini")])
+    summary = asyncio.run(nightly_batch(config_path=str(path)))
+    assert summary["succeeded"] == 3 and summary["batch"]["answered"] == 3
+    log = [line for line in capfd.readouterr().err.splitlines() if "| Flow run '" in line]
+    assert any("- batch job " in m and "3 request(s) at sim-eu" in m for m in log), log
+    assert any("completed, 3/3 done (0 failed)" in m for m in log), log
