@@ -296,7 +296,31 @@ def _store(args: argparse.Namespace, *, write: bool = False) -> Store:
     pending = unrecovered(store)
     if pending:
         print(f"docroute: note: {pending.notice(store.root)}", file=sys.stderr)
+    for note in _outstanding_jobs(store, set(pending.stopped)):
+        print(f"docroute: note: {note}", file=sys.stderr)
     return store
+
+
+def _outstanding_jobs(store: Store, stopped: set[str]) -> list[str]:
+    """Batch jobs that runs no longer alive left at their providers, and how to read them."""
+    from pipeline.store.intents import Intents
+
+    left = Intents(store.state_dir).by_run()
+    if not left:
+        return []
+    running = {r for (r,) in store.read("SELECT run_id FROM runs WHERE status = 'running'").rows}
+    notes = []
+    for run_id, intents in left.items():
+        if run_id in running and run_id not in stopped:
+            continue  # alive: it reads them itself
+        requests = sum(len(i.requests) for i in intents)
+        held = sum(i.reserved_usd for i in intents)
+        notes.append(
+            f"run {run_id} left {len(intents)} batch job(s) of {requests} request(s) at the "
+            f"provider (worst case ${held:.6f}); `docroute run --resume {run_id}` reads "
+            "their answers, and sends none of them again"
+        )
+    return notes
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from flows.cli import main
 from pipeline.audit import audit
 from pipeline.batch_dispatch import BatchDispatcher
 from pipeline.batches import drive
@@ -418,7 +419,11 @@ run_once(sys.argv[1], sys.argv[2])
 
 @pytest.mark.parametrize("resumed_as", ["batch", "sync"])
 def test_kill_9_between_create_and_record_then_resume_never_submits_twice(
-    tmp_path: Path, simulator: SimulatorServer, resumed_as: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    simulator: SimulatorServer,
+    resumed_as: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Resumed in batch mode, or with the config switched to sync: either way the job the
     dead process created is found and read, and no request is sent again."""
@@ -437,6 +442,10 @@ def test_kill_9_between_create_and_record_then_resume_never_submits_twice(
     root = tmp_path / "out"
     (intent,) = Intents(Store(root).state_dir).pending("b-kill")
     assert intent.job_id is None, "killed before the id was recorded"
+    assert main(["runs", "--root", str(root)]) == 0  # reads only, and says what is left
+    err = capsys.readouterr().err
+    assert "run b-kill left 1 batch job(s) of 6 request(s)" in err
+    assert "docroute run --resume b-kill" in err
 
     if resumed_as == "sync":
         path = config(tmp_path, sim, routing={"mode": "sync"})

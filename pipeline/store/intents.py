@@ -119,5 +119,12 @@ class Intents:
         found = [JobIntent.from_json(p.read_text("utf-8")) for p in folder.glob("*.json")]
         return sorted(found, key=lambda i: i.created_at)
 
+    def by_run(self) -> dict[str, list[JobIntent]]:
+        """Every run's intents not forgotten yet (what ``docroute runs`` tells about)."""
+        if not self.base.is_dir():
+            return {}
+        found = {d.name: self.pending(d.name) for d in sorted(self.base.iterdir()) if d.is_dir()}
+        return {run_id: intents for run_id, intents in found.items() if intents}
+
     def forget(self, intent: JobIntent) -> None:
         (self.base / intent.run_id / f"{intent.intent_id}.json").unlink(missing_ok=True)
