@@ -7,32 +7,37 @@
     await dispatcher.finish()                # at the end of the run
 
 For each chunk of a batch (``routing.mode`` ``batch`` or ``auto``), the router's candidates
-are planned as for a sync call (residency, windows, structured output); the cheapest at
-batch prices among those that take batch jobs (``Endpoint.batch``, an adapter that
-``supports_batch``) is chosen. Chunks are grouped by (endpoint, allowed regions), so a job
-never mixes chunks whose regions differ, and split to the vendor's limits
-(``BatchLimits``). For each request the worst case at batch prices is reserved from the
-budget before the job is created; a request the budget cannot hold right now goes the sync
-way instead, where the budget's usual rules (wait, refuse, downgrade) apply.
+are planned as for a sync call (residency, windows, structured output), and the cheapest
+at the price it would be billed wins (batch prices where the endpoint takes jobs:
+``Endpoint.batch`` and an adapter that ``supports_batch``; ``ordered``: the first); if
+that is a sync-only endpoint, the chunk goes sync. Chunks are grouped by (endpoint,
+allowed regions), so a job never mixes chunks whose regions differ, and split to the
+vendor's limits (``BatchLimits``). Each request's worst case at batch prices is held from
+the budget before the job is created; a request the budget cannot hold right now goes the
+sync way instead, where the budget's usual rules (wait, refuse, downgrade) apply.
 
 Exactly once: the job's intent (every ``custom_id`` = attempt id) is saved before the
-create call and the job id as soon as it returns (``pipeline.store.intents``). A resumed
-run adopts what its earlier attempt left (``adopt``): a job with an id is polled, an
-intent without one is looked for in the vendor's listing by its metadata, and only one the
-vendor does not know is forgotten (it was never created); its chunks are dispatched anew.
+create call and the job id as soon as it returns (``pipeline.store.intents``). A create
+call that failed without a clear answer (timeout, 5xx) is followed by a look in the
+vendor's listing. A resumed run adopts what its earlier attempt left (``adopt``): a job
+with an id is polled, an intent without one is looked for by its metadata, and only one
+the vendor does not know is forgotten (never created); its chunks are dispatched anew.
 Each request gets one ledger row (``mode`` ``batch``, ``batch_id``), journaled when its
 answer is read, and a request already in the ledger is never booked again, however often
 the job is read.
 
 Jobs are polled with backoff (``poll_s`` growing 1.5× to ``poll_max_s``), each read logged
-with its progress. At the fallback moment (the deadline less the time the job's requests
-would take synchronously, and a margin) an unfinished job is cancelled; what it completed
-is kept, the rest (``batch_unfinished``: not billed) goes sync, as do expired jobs' and
-failed jobs' requests. A chunk whose answer fails validation (or an error line) goes in the
-next round's job at its next cheapest endpoint taking jobs (rerouted: the one that failed
-is left out) while the deadline allows, else sync with that endpoint tried last. A request whose
-job has not ended when the run must finish is booked ``uncertain`` at its reserved worst
-case: the vendor may still bill it.
+with its progress. At the fallback moment (``_fallback_at``: the deadline less the time
+the outstanding requests would take sync under the endpoint's quota, and twice a margin)
+an unfinished job is cancelled; what it completed is kept, the rest (``batch_unfinished``:
+not billed) goes sync, as do expired and failed jobs' requests. Jobs go in rounds, by the
+sync rules: after an invalid answer the next round asks the same endpoint again with a
+repair prompt (``repair_attempts``), after a transient error line it retries there
+(``retries_per_endpoint``), then it moves to the next cheapest endpoint taking jobs (the
+failed one left out), while the deadline allows; else the chunk goes sync. An answer cut
+off at the output cap goes sync (more room, never rerouted). A request whose job has not
+ended when the run must go on, or whose results cannot be read, is booked ``uncertain`` at
+its reserved worst case: the vendor may bill it.
 """
 
 from __future__ import annotations
