@@ -11,7 +11,9 @@ opening still holds, takes the run's seat among the root's live runs, connects t
 endpoints, writes a ``running`` run record, and on exit writes the final record
 (``succeeded``, ``completed_with_failures``, ``failed`` or ``interrupted``), compacts the
 run's parts and refreshes the DuckDB catalog. Batches are grouped, dispatched and
-committed by the run's ``BatchCommitter`` (``pipeline.batches``).
+committed by the run's ``BatchCommitter`` (``pipeline.batches``), through the sync
+``Dispatcher`` or, with ``routing.mode`` ``batch`` or ``auto``, the ``BatchDispatcher`` in
+front of it (``pipeline.batch_dispatch``: provider batch jobs, adopted on resume).
 
 A resumed opening continues an interrupted run: chunks with a committed result are
 skipped, rows already stored are not stored again, and the ledger cost already spent
