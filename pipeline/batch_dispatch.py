@@ -108,6 +108,9 @@ class _Request:
     tokens: int = 0
     """What the request weighs in the endpoint's TPM window if it has to go sync."""
     batch_id: str | None = None
+    submitted_at: float | None = None
+    """When its job was created: the ledger row's ``started_at``; its latency runs to the
+    moment the answer was read (what a job's turnaround was)."""
     done: asyncio.Future[LineResult | None] | None = None
 
 
@@ -403,6 +406,7 @@ class BatchDispatcher:
         loop = asyncio.get_running_loop()
         for _, req in part:
             req.done, req.batch_id = loop.create_future(), job_id
+            req.submitted_at = intent.created_at
             job.requests[req.custom_id] = req
         return job
 
@@ -617,14 +621,15 @@ class BatchDispatcher:
                 said.request_id,
             )  # fmt: skip
         self.sync.budget.settle(req.hold, booking.cost_usd)
+        started = req.submitted_at or time.time()
         entry = ledger_row(
             self.run_id,
             job.chunk.chunk_id,
             req.number,
             endpoint,
             booking,
-            started=self._started,
-            latency_ms=0.0,
+            started=started,
+            latency_ms=max(time.time() - started, 0.0) * 1000,
             reserved=req.hold.amount_usd,
             attempt_id=req.custom_id,
             batch_id=req.batch_id,
@@ -709,6 +714,7 @@ class BatchDispatcher:
                 )
                 req = _Request(chunk_job, endpoint, r.custom_id, r.attempt, hold, tokens=r.tokens)
                 req.done, req.batch_id = loop.create_future(), intent.job_id
+                req.submitted_at = intent.created_at
                 job.requests[r.custom_id] = req
                 self._adopted[r.chunk_id] = req
             if job.requests:

@@ -262,6 +262,9 @@ def test_a_job_read_many_times_is_ledgered_once_per_request(
         run_once(path, "b-poll")
     polls = [m for m in caplog.messages if m.startswith("batch job ") and " done (" in m]
     assert len(polls) >= 10, "the job was read many times"
+    # each row's latency is the job's turnaround: from the create call to the answer read
+    waits = stored(tmp_path / "out", "SELECT latency_ms FROM ledger WHERE mode = 'batch'")
+    assert all(1800 <= r["latency_ms"] < 60_000 for r in waits), waits
     ledger = stored(tmp_path / "out", "SELECT attempt_id FROM ledger WHERE mode = 'batch'")
     assert len(ledger) == 5 == len({r["attempt_id"] for r in ledger})
     assert len(sim_env.requests()) == 5
