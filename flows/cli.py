@@ -1,6 +1,6 @@
 """The ``docroute`` command.
 
-    docroute run      --config docroute.yaml [--budget USD] [--simulate]
+    docroute run      --config docroute.yaml [--budget USD] [--simulate] [--full]
     docroute run      --resume RUN_ID         # continue an interrupted run
     docroute run      --dry-run               # the plan below, instead of running
     docroute plan     --config docroute.yaml [--budget USD] [--format table|json]
@@ -109,6 +109,12 @@ def _run_command(sub: _Commands) -> None:
         help="with --resume: continue even though the schema, prompt or models changed",
     )
     run.add_argument("--simulate", action="store_true", help="use the simulator for every provider")
+    run.add_argument(
+        "--full",
+        action="store_true",
+        help="fresh answers for every chunk: reuse none from earlier runs on the root "
+        "(reuse.across_runs: false for this run)",
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",

@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.nightly import nightly_batch
 
     path = _config_path(args.config)
-    cfg = load_config(path)  # a bad file stops here, before Prefect starts
+    cfg = load_config(path, overrides=_full(args.full))  # a bad file stops here
     if args.dry_run:
         return _plan(path, args.budget, "table")
     if args.resume is not None and not args.resume.strip():
@@ -79,6 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config_path=str(path.resolve()),
             budget_usd=args.budget,
             simulate=args.simulate,
+            full=args.full,
             opening=opening,
         ),
         opening.run_id,
@@ -86,6 +87,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(format_summary(summary, path))
     return 0
+
+
+def _full(full: bool) -> dict[str, object]:
+    """``--full``: this run reuses no earlier run's answers."""
+    return {"reuse.across_runs": False} if full else {}
 
 
 class Interrupted(Exception):

@@ -97,16 +97,19 @@ async def nightly_batch(
     simulate: bool = False,
     resume: bool = False,
     force: bool = False,
+    full: bool = False,
     opening: Opening | None = None,
 ) -> dict[str, Any]:
     """Chunk the corpus of ``config_path``, route every chunk, validate, store, ledger.
 
     ``opening`` is what the command decided (``pipeline.opening``); without one (a
     scheduled run), the run is decided here: with ``resume``, continue the interrupted
-    run ``run_id`` (a rerun's own chunk selection is taken from its record).
+    run ``run_id`` (a rerun's own chunk selection is taken from its record). ``full``:
+    reuse no earlier run's answers (``reuse.across_runs: false``).
     """
     install_log_scrubber()
-    cfg = load_config(config_path, overrides=_budget(budget_usd))
+    overrides = _budget(budget_usd) | ({"reuse.across_runs": False} if full else {})
+    cfg = load_config(config_path, overrides=overrides)
     request = Request(run_id=run_id, resume=run_id if resume else None, force=force)
     return await _execute(cfg, _opening(cfg, opening, request), simulate)
 

@@ -23,6 +23,11 @@ def format_summary(s: dict[str, Any], config: Path) -> str:
         + (f" (rerun of {s['parent_run_id']})" if s.get("parent_run_id") else ""),
         f"  chunks     {s['chunks']}: {s['succeeded']} succeeded, {s['failed']} failed, "
         f"{s['skipped']} skipped",
+        *(
+            [f"  reused     {s['reused']} chunk(s) answered by earlier runs: no call, no cost"]
+            if s.get("reused")
+            else []
+        ),
         f"  documents  {s['documents']}"
         + (f" ({s['document_errors']} unreadable)" if s["document_errors"] else ""),
         f"  spend      ${s['spend_usd']:.4f} of ${s['budget_usd']:.2f} budget "

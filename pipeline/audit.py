@@ -7,6 +7,8 @@
 Checks, each over the Parquet parts (nothing is taken from the running code):
 
 - ``residency``: no attempt went to an endpoint outside the chunk's allowed regions;
+- ``reused_in_region``: every answer the run reused from an earlier run was made in a
+  region the chunk allows tonight (residency is decided again each night);
 - ``budget``: the run's ledger total is within the budget its record states;
 - ``one_result_per_chunk``: every chunk has exactly one result, no result lacks a chunk,
   no chunk is stored twice;
@@ -99,6 +101,7 @@ def audit(store: Store, run_id: str) -> AuditReport:
     checks = [
         _parts(store, run_id),
         _residency(store, run_id),
+        _reused_in_region(store, run_id),
         _budget(store, run_id, record.budget_usd),
         _one_result(store, run_id),
         _ledger_unique(store, run_id),
@@ -143,6 +146,29 @@ def _residency(store: Store, run_id: str) -> Check:
         return Check("residency", True, f"{calls} attempt(s), all inside their chunk's regions")
     return Check(
         "residency", False, f"{len(bad)} attempt(s) outside the chunk's allowed regions", bad
+    )
+
+
+def _reused_in_region(store: Store, run_id: str) -> Check:
+    bad = _rows(
+        store,
+        "SELECT r.chunk_id, r.path, r.region, r.reused_from, c.regions FROM results r "
+        "JOIN chunks c USING (run_id, chunk_id) WHERE r.run_id = ? AND r.reused_from IS NOT NULL "
+        "AND (r.region IS NULL OR NOT list_contains(c.regions, r.region))",
+        run_id,
+    )
+    n = store.read(
+        "SELECT count(*) FROM results WHERE run_id = ? AND reused_from IS NOT NULL", [run_id]
+    ).rows[0][0]
+    if not bad:
+        detail = (
+            f"{n} reused answer(s), each made in a region its chunk allows"
+            if n
+            else ("no answer reused from an earlier run")
+        )
+        return Check("reused_in_region", True, detail)
+    return Check(
+        "reused_in_region", False, f"{len(bad)} answer(s) reused from a region not allowed", bad
     )
 
 

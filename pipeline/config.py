@@ -33,6 +33,7 @@ from pipeline.config_sections import (
     CorpusConfig,
     OutputConfig,
     ProviderConfig,
+    ReuseConfig,
     RoutingConfig,
     ScheduleConfig,
     TaskConfig,
@@ -49,6 +50,7 @@ class Config(ConfigModel):
     providers: list[ProviderConfig] = Field(min_length=1)
     output: OutputConfig = Field(default_factory=OutputConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    reuse: ReuseConfig = Field(default_factory=ReuseConfig)
 
     @field_validator("providers")
     @classmethod

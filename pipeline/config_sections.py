@@ -40,6 +40,7 @@ __all__ = [
     "RateLimitConfig",
     "Region",
     "ResidencyRule",
+    "ReuseConfig",
     "RoutingConfig",
     "ScheduleConfig",
     "TaskConfig",
@@ -320,6 +321,26 @@ class ScheduleConfig(ConfigModel):
         if due <= start:
             due += timedelta(days=1)
         return due.timestamp()
+
+
+class ReuseConfig(ConfigModel):
+    """Which earlier answers a run takes instead of asking again (no call, no cost)."""
+
+    across_runs: bool = True
+    """Reuse the succeeded answer of any earlier run on the same output root whose
+    idempotency key is the chunk's (same text, schema and prompt versions, model policy),
+    from a region the chunk still allows: a nightly run pays only for what changed.
+    ``false`` (or ``docroute run --full``): only the run's own family (its resumes and
+    reruns) is reused."""
+    max_age: str | None = None
+    """Reuse only answers younger than this (``30d``, ``12h``); none: any age."""
+
+    @field_validator("max_age")
+    @classmethod
+    def _age(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
 
 
 class RateLimitConfig(ConfigModel):

@@ -176,12 +176,31 @@ class ReuseIndex:
         self._keys: dict[str, str] = dict(keys or {})
 
     @classmethod
-    def load(cls, store: Store, family_id: str) -> ReuseIndex:
+    def load(
+        cls,
+        store: Store,
+        family_id: str,
+        *,
+        across_runs: bool = False,
+        since: float | None = None,
+    ) -> ReuseIndex:
+        """The keys of the family's succeeded results; with ``across_runs``, of every run
+        on the root (a key holds every setting that changes the answer, so an equal key is
+        the same question), answered at or after ``since`` (epoch seconds) if given. A key
+        answered more than once points at its latest answer."""
+        params: list[object]
+        if across_runs:
+            where, params = "TRUE", []
+        else:
+            where, params = "coalesce(u.family_id, u.run_id) = ?", [family_id]
+        if since is not None:
+            where += " AND r.finished_at >= to_timestamp(?)"
+            params.append(since)
         rows = store.read(
-            "SELECT r.idem_key, r.run_id FROM results r JOIN runs u USING (run_id) "
-            "WHERE coalesce(u.family_id, u.run_id) = ? AND r.status = 'succeeded' "
-            "AND r.idem_key IS NOT NULL",
-            [family_id],
+            "SELECT r.idem_key, arg_max(r.run_id, r.finished_at) FROM results r "
+            f"JOIN runs u USING (run_id) WHERE {where} AND r.status = 'succeeded' "
+            "AND r.idem_key IS NOT NULL AND r.output IS NOT NULL GROUP BY 1",
+            params,
         ).rows
         return cls(family_id, {key: run_id for key, run_id in rows})
 
@@ -244,13 +263,14 @@ class ReuseIndex:
         found: dict[str, Reusable] = {}
         for run_id, run_keys in wanted.items():
             marks = ", ".join("?" for _ in run_keys)
+            # ``reused_from`` names the run that paid for the answer, however often reused
             rows = store.read(
-                "SELECT idem_key, output, provider, model, region FROM results "
-                f"WHERE run_id = ? AND status = 'succeeded' AND idem_key IN ({marks})",
+                "SELECT idem_key, output, provider, model, region, coalesce(reused_from, run_id) "
+                f"FROM results WHERE run_id = ? AND status = 'succeeded' AND idem_key IN ({marks})",
                 [run_id, *run_keys],
             ).rows
-            for key, output, provider, model, region in rows:
-                found[key] = Reusable(run_id, output, provider, model, region)
+            for key, output, provider, model, region, origin in rows:
+                found[key] = Reusable(origin, output, provider, model, region)
         return found
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from pipeline.batch_dispatch import BatchDispatcher
 from pipeline.batches import Batch, BatchCommitter
 from pipeline.config import Config
+from pipeline.config_sections import parse_duration
 from pipeline.corpus import read_corpus
 from pipeline.dispatch import Dispatcher
 from pipeline.endpoints import Connections, connect
@@ -132,7 +133,7 @@ class Run:
             self.run_id,
             self.dispatcher,
             self.versions,
-            ReuseIndex.load(self.store, opening.family_id),
+            _reuse_index(self.store, cfg, opening.family_id),
             self.prior,
             self.progress,
         )
@@ -382,6 +383,14 @@ class Run:
     def summary(self) -> dict[str, Any]:
         """What a person wants to see at the end (``pipeline.summary``)."""
         return summarize(self)
+
+
+def _reuse_index(store: Store, cfg: Config, family_id: str) -> ReuseIndex:
+    """The answers the run may take instead of asking (``reuse``): the root's, or only
+    its family's; no older than ``reuse.max_age``."""
+    age = cfg.reuse.max_age
+    since = time.time() - parse_duration(age) if age else None
+    return ReuseIndex.load(store, family_id, across_runs=cfg.reuse.across_runs, since=since)
 
 
 def _selection(selection: Selection | None) -> str | None:

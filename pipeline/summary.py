@@ -35,6 +35,9 @@ def summarize(run: Run) -> dict[str, Any]:
         "GROUP BY 1 ORDER BY 2 DESC",
         [run_id],
     ).rows
+    reused = store.read(
+        "SELECT count(*) FROM results WHERE run_id = ? AND reused_from IS NOT NULL", [run_id]
+    ).rows[0][0]
     p = run.progress
     worst_usd, worst = worst_case_spend(store, run_id)
     return {
@@ -46,6 +49,7 @@ def summarize(run: Run) -> dict[str, Any]:
         "succeeded": p.succeeded,
         "failed": p.failed,
         "skipped": p.skipped,
+        "reused": int(reused),
         "not_succeeded_by_reason": {r: n for r, n in reasons},
         "spend_usd": run.budget.spent_usd,
         "spend_worst_case_usd": worst_usd,

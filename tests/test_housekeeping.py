@@ -238,6 +238,7 @@ def test_audit_passes_a_healthy_run(tmp_path: Path) -> None:
     assert [c.name for c in report.checks] == [
         "parts_whole",
         "residency",
+        "reused_in_region",
         "budget",
         "one_result_per_chunk",
         "ledger_unique",
@@ -257,6 +258,7 @@ def test_audit_passes_a_healthy_run(tmp_path: Path) -> None:
         ("double_result", "one_result_per_chunk"),
         ("double_attempt", "ledger_unique"),
         ("wrong_cost", "cost_matches_prices"),
+        ("reused_from_us", "reused_in_region"),
     ],
 )
 def test_audit_names_each_kind_of_breach(tmp_path: Path, breach: str, check: str) -> None:
@@ -272,6 +274,10 @@ def test_audit_names_each_kind_of_breach(tmp_path: Path, breach: str, check: str
         store.write_rows("results", "r1", [_result(2)])
     elif breach == "double_attempt":
         store.write_rows("ledger", "r1", [_ledger(3)])
+    elif breach == "reused_from_us":  # an answer made in the US reused for an EU-only chunk
+        store.write_rows("chunks", "r1", [_chunk(9)])
+        reused = dataclasses.replace(_result(9), region="us", reused_from="r0", attempts=0)
+        store.write_rows("results", "r1", [reused])
     else:
         wrong = dataclasses.replace(_ledger(7, cost=0.0004), chunk_id="c1")
         store.write_rows("ledger", "r1", [wrong])
