@@ -24,7 +24,10 @@ def format_summary(s: dict[str, Any], config: Path) -> str:
         f"  chunks     {s['chunks']}: {s['succeeded']} succeeded, {s['failed']} failed, "
         f"{s['skipped']} skipped",
         *(
-            [f"  reused     {s['reused']} chunk(s) answered by earlier runs: no call, no cost"]
+            [
+                f"  reused     {s['reused']} chunk(s) answered by earlier runs: no call, "
+                f"${s.get('reused_saved_usd', 0.0):.4f} not paid again"
+            ]
             if s.get("reused")
             else []
         ),

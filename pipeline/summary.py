@@ -35,9 +35,15 @@ def summarize(run: Run) -> dict[str, Any]:
         "GROUP BY 1 ORDER BY 2 DESC",
         [run_id],
     ).rows
-    reused = store.read(
-        "SELECT count(*) FROM results WHERE run_id = ? AND reused_from IS NOT NULL", [run_id]
-    ).rows[0][0]
+    # What the reused answers cost the runs that paid for them (one row per key there).
+    reused, saved = store.read(
+        "SELECT count(*), coalesce(sum(o.cost_usd), 0) FROM results r LEFT JOIN ("
+        " SELECT run_id, idem_key, max(cost_usd) AS cost_usd FROM results"
+        " WHERE status = 'succeeded' AND reused_from IS NULL GROUP BY 1, 2) o"
+        " ON o.run_id = r.reused_from AND o.idem_key = r.idem_key"
+        " WHERE r.run_id = ? AND r.reused_from IS NOT NULL",
+        [run_id],
+    ).rows[0]
     p = run.progress
     worst_usd, worst = worst_case_spend(store, run_id)
     return {
@@ -50,6 +56,7 @@ def summarize(run: Run) -> dict[str, Any]:
         "failed": p.failed,
         "skipped": p.skipped,
         "reused": int(reused),
+        "reused_saved_usd": float(saved),
         "not_succeeded_by_reason": {r: n for r, n in reasons},
         "spend_usd": run.budget.spent_usd,
         "spend_worst_case_usd": worst_usd,

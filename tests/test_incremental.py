@@ -55,6 +55,8 @@ def test_the_second_night_over_an_unchanged_corpus_makes_no_call(
     second = night(path, "n2")
     assert len(sim_env.requests()) == paid, "the second night called a provider"
     assert second["succeeded"] == 7 and second["reused"] == 7
+    paid_usd = stored(tmp_path / "out", "SELECT sum(cost_usd) AS c FROM ledger WHERE run_id = 'n1'")
+    assert second["reused_saved_usd"] == pytest.approx(paid_usd[0]["c"])
     reused = stored(
         tmp_path / "out", "SELECT reused_from, cost_usd FROM results WHERE run_id = 'n2'"
     )
