@@ -23,7 +23,7 @@ from .protocols import WIRES, ProtocolName
 from .state import SimulatorState
 from .wire import BadRequest, Problem, Wire
 
-__all__ = ["Handler", "NotFound", "error_body", "guarded", "json_body"]
+__all__ = ["Handler", "NotFound", "error_body", "guarded", "json_body", "json_object"]
 
 Handler = Callable[[Request, str], Awaitable[Response]]
 
@@ -71,3 +71,15 @@ def error_body(problem: Problem, wire: Wire) -> Response:
     """``problem`` as the wire's error response."""
     status, body = wire.error(problem)
     return json_body(body, status, wire=wire)
+
+
+def json_object(raw: bytes, not_an_object: str) -> dict[str, Any]:
+    """A request body as a JSON object, or ``BadRequest(not_an_object)`` in the vendor's
+    words when it is not one (not JSON, or another JSON value)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise BadRequest(not_an_object)
+    return body

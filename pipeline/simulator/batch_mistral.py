@@ -44,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .batch_http import Handler, NotFound, error_body, guarded, json_body
+from .batch_http import Handler, NotFound, error_body, guarded, json_body, json_object
 from .batch_jobs import (
     CHAT_COMPLETIONS,
     TERMINAL,
@@ -324,12 +324,7 @@ def _line(result: AnsweredLine) -> dict[str, Any]:
 
 
 def _create_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise BadRequest("The request body is not a JSON object.")
+    body = json_object(raw, "The request body is not a JSON object.")
     unknown = sorted(set(body) - _CREATE_FIELDS)
     if unknown:
         raise BadRequest(f"Unknown field {unknown[0]!r}.", unknown[0])

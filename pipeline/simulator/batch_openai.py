@@ -46,7 +46,7 @@ from starlette.routing import Route
 from pipeline.sim_profiles import ProtocolName
 
 from . import batch_mistral
-from .batch_http import Handler, error_body, guarded, json_body
+from .batch_http import Handler, error_body, guarded, json_body, json_object
 from .batch_jobs import (
     CHAT_COMPLETIONS,
     TERMINAL,
@@ -254,12 +254,7 @@ class _BatchAPI:
 
 
 def _create_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise BadRequest("We could not parse the JSON body of your request.")
+    body = json_object(raw, "We could not parse the JSON body of your request.")
     unknown = sorted(set(body) - _CREATE_FIELDS)
     if unknown:
         raise BadRequest(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0])
