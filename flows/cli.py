@@ -1,9 +1,9 @@
 """The ``docroute`` command.
 
-    docroute run      --config docroute.yaml [--budget USD] [--simulate] [--full]
+    docroute run      --config docroute.yaml [--budget USD] [--simulate] [--full] [--since RUN_ID]
     docroute run      --resume RUN_ID         # continue an interrupted run
     docroute run      --dry-run               # the plan below, instead of running
-    docroute plan     --config docroute.yaml [--budget USD] [--format table|json]
+    docroute plan     --config docroute.yaml [--budget USD] [--format table|json] [--full]
     docroute rerun    RUN_ID [--status failed] [--reason R] [--provider P] [--budget USD]
                       [--set task.max_output_tokens=2048] [--force]
     docroute runs     [--format table|csv|json]
@@ -109,12 +109,7 @@ def _run_command(sub: _Commands) -> None:
         help="with --resume: continue even though the schema, prompt or models changed",
     )
     run.add_argument("--simulate", action="store_true", help="use the simulator for every provider")
-    run.add_argument(
-        "--full",
-        action="store_true",
-        help="fresh answers for every chunk: reuse none from earlier runs on the root "
-        "(reuse.across_runs: false for this run)",
-    )
+    _reuse_args(run)
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -130,7 +125,24 @@ def _plan_command(sub: _Commands) -> None:
     _config_arg(plan)
     plan.add_argument("--budget", type=_usd, help="check against this budget instead (USD)")
     plan.add_argument("--format", choices=["table", "json"], default="table")
+    _reuse_args(plan)
     plan.set_defaults(func=cmd_plan)
+
+
+def _reuse_args(parser: argparse.ArgumentParser) -> None:
+    """``--full`` and ``--since``: which earlier answers a run (or its plan) reuses."""
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="fresh answers for every chunk: reuse none from earlier runs on the root "
+        "(reuse.across_runs: false for this run)",
+    )
+    parser.add_argument(
+        "--since",
+        metavar="RUN_ID",
+        help="reuse only answers made since run RUN_ID started (reuse.since for this run); "
+        "older ones are asked for again",
+    )
 
 
 def _rerun_command(sub: _Commands) -> None:

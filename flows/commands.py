@@ -59,9 +59,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.nightly import nightly_batch
 
     path = _config_path(args.config)
-    cfg = load_config(path, overrides=_full(args.full))  # a bad file stops here
+    cfg = load_config(path, overrides=_reuse(args))  # a bad file stops here
     if args.dry_run:
-        return _plan(path, args.budget, "table")
+        return _plan(path, args.budget, "table", _reuse(args))
     if args.resume is not None and not args.resume.strip():
         raise ConfigError("--resume needs the RUN_ID of an interrupted run (see `docroute runs`)")
     if args.resume and args.run_id and args.resume != args.run_id:
@@ -89,9 +89,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _full(full: bool) -> dict[str, object]:
-    """``--full``: this run reuses no earlier run's answers."""
-    return {"reuse.across_runs": False} if full else {}
+def _reuse(args: argparse.Namespace) -> dict[str, object]:
+    """``--full``: this run reuses no earlier run's answers; ``--since RUN_ID``: only
+    answers made since that run started."""
+    overrides: dict[str, object] = {"reuse.across_runs": False} if args.full else {}
+    if args.since:
+        overrides["reuse.since"] = args.since
+    return overrides
 
 
 class Interrupted(Exception):
@@ -240,14 +244,20 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    return _plan(_config_path(args.config), args.budget, args.format)
+    return _plan(_config_path(args.config), args.budget, args.format, _reuse(args))
 
 
-def _plan(path: Path, budget: float | None, fmt: Literal["table", "json"]) -> int:
+def _plan(
+    path: Path,
+    budget: float | None,
+    fmt: Literal["table", "json"],
+    overrides: dict[str, object],
+) -> int:
     """Print what a run of ``path`` would cost; no provider is connected, nothing written."""
     from pipeline.plan import make_plan, render_plan
 
-    _out(render_plan(make_plan(load_config(path), config_path=path, budget_usd=budget), fmt))
+    cfg = load_config(path, overrides=overrides)
+    _out(render_plan(make_plan(cfg, config_path=path, budget_usd=budget), fmt))
     return 0
 
 

@@ -33,6 +33,7 @@ def format_summary(s: dict[str, Any], config: Path) -> str:
         ),
         f"  documents  {s['documents']}"
         + (f" ({s['document_errors']} unreadable)" if s["document_errors"] else ""),
+        *([f"  deleted    {deleted(s)}"] if s.get("deleted") else []),
         f"  spend      ${s['spend_usd']:.4f} of ${s['budget_usd']:.2f} budget "
         f"({100 * s['spend_usd'] / s['budget_usd']:.1f}%)",
     ]
@@ -69,6 +70,15 @@ def format_summary(s: dict[str, Any], config: Path) -> str:
     return "\n".join(lines)
 
 
+def deleted(s: dict[str, Any]) -> str:
+    """ "2 document(s) since the last full run, gone from the corpus: a.txt, b.txt"."""
+    shown = ", ".join(s["deleted_paths"])
+    more = s["deleted"] - len(s["deleted_paths"])
+    return f"{s['deleted']} document(s) of the last full run gone from the corpus: {shown}" + (
+        f" and {more} more" if more > 0 else ""
+    )
+
+
 def summary_markdown(s: dict[str, Any]) -> str:
     """The run summary as the markdown artifact shows it."""
     lines = [
@@ -92,6 +102,14 @@ def summary_markdown(s: dict[str, Any]) -> str:
             f"Booked at the reserved worst case: ${s['spend_worst_case_usd']:.6f} ({kinds}); "
             "the provider may have billed less.",
         ]
+    if s.get("reused"):
+        lines += [
+            "",
+            f"Reused {s['reused']} chunk(s) answered by earlier runs: no call, "
+            f"${s.get('reused_saved_usd', 0.0):.4f} not paid again.",
+        ]
+    if s.get("deleted"):
+        lines += ["", f"Deleted: {deleted(s)}."]
     if s.get("batch", {}).get("requests"):
         lines += ["", f"Batch jobs: {batched(s['batch'])}."]
     lines += [f"- {a}" for a in s.get("advice", [])]

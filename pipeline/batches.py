@@ -94,7 +94,7 @@ class BatchCommitter:
             outcome = await self._process(batch)
         for result in outcome.results:
             if result.status == "succeeded" and result.idem_key:
-                self.reuse.add(result.idem_key, self.run_id)
+                self.reuse.add(result.idem_key, self.run_id, result.region)
         return outcome
 
     async def _process(self, batch: Batch) -> BatchOutcome:
@@ -122,7 +122,7 @@ class BatchCommitter:
             results = [*reused.values(), *outcome.results]
             outcome.results = [self._stamp(r, keys[r.chunk_id]) for r in results]
             self.store.write_rows("ledger", self.run_id, outcome.ledger)
-            self.store.write_rows("results", self.run_id, outcome.results)
+            self.store.write_results(self.run_id, outcome.results)
             journal.commit()
         return outcome
 

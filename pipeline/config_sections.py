@@ -333,7 +333,10 @@ class ReuseConfig(ConfigModel):
     ``false`` (or ``docroute run --full``): only the run's own family (its resumes and
     reruns) is reused."""
     max_age: str | None = None
-    """Reuse only answers younger than this (``30d``, ``12h``); none: any age."""
+    """Reuse only answers younger than this (``30d``, ``12h``), counted from when the
+    answer was made, however often it was reused since; none: any age."""
+    since: str | None = None
+    """Reuse only answers made since this run started (a run id; ``docroute run --since``)."""
 
     @field_validator("max_age")
     @classmethod

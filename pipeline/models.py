@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 ResultStatus = Literal["succeeded", "failed", "skipped"]
-DocumentStatus = Literal["ok", "error"]
+DocumentStatus = Literal["ok", "error", "deleted"]
 
 #: Every value the ledger's ``outcome`` column can take.
 Outcome = Literal[

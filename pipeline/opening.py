@@ -24,7 +24,7 @@ from typing import Literal
 
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-from pipeline.family import Selection, Versions
+from pipeline.family import ReuseScope, Selection, Versions
 from pipeline.store import RunRecord, Store
 from schemas import get_schema
 
@@ -66,6 +66,7 @@ class Opening:
     selection: Selection | None = None
     started_at: float | None = None  # a resumed run keeps its first start
     force: bool = False
+    reuse: ReuseScope | None = None  # None: from the config (``ReuseScope.of``)
 
     @classmethod
     def new(cls, run_id: str, *, flow: str = NIGHTLY) -> Opening:
@@ -115,9 +116,12 @@ def decide(store: Store, cfg: Config, request: Request) -> Opening:
             selection=selection,
             started_at=record.started_at,
             force=request.force,
+            # a resumed run reuses what it started with (``--full`` stays ``--full``)
+            reuse=ReuseScope.from_json(record.reuse) if record.reuse else None,
         )
     run_id = request.run_id or new_run_id()
-    fresh = Opening(run_id=run_id, kind="new", family_id=run_id, force=request.force)
+    reuse = ReuseScope.of(cfg, store)  # an unknown ``reuse.since`` run stops here
+    fresh = Opening(run_id=run_id, kind="new", family_id=run_id, force=request.force, reuse=reuse)
     fresh.confirm(store)  # an id that exists already is refused
     if request.parent_run_id is None:
         return fresh
@@ -139,6 +143,7 @@ def decide(store: Store, cfg: Config, request: Request) -> Opening:
         parent_run_id=parent.run_id,
         selection=selection,
         force=request.force,
+        reuse=reuse,
     )
 
 

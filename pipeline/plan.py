@@ -38,8 +38,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.changes import Changes, corpus_paths, last_night
 from pipeline.config import Config
 from pipeline.corpus import read_corpus
+from pipeline.family import ReuseIndex, ReuseScope, Versions
 from pipeline.models import Chunk
 from pipeline.plan_history import (
     DEFAULT_OUTPUT_FRACTION,
@@ -53,10 +55,10 @@ from pipeline.plan_history import (
 from pipeline.policy import Endpoint, Residency, Router, endpoints_from_config, output_cap
 from pipeline.policy.routing import fits, strategy_from_config
 from pipeline.providers.structured import enforcement_warnings
-from pipeline.store import DocumentRow
+from pipeline.store import DocumentRow, RunRecord, Store
 from pipeline.tokens import get_counter
 from pipeline.validation import first_messages, prompt_token_estimate
-from schemas import get_schema
+from schemas import SchemaSpec, get_schema
 
 __all__ = [
     "DEFAULT_OUTPUT_FRACTION",
@@ -108,6 +110,10 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     mode: str = "sync"
     """``routing.mode`` of the config."""
+    reused_chunks: int = 0
+    """Chunks a run would answer from earlier runs (``reuse``): not sent, not priced."""
+    changes: Changes = field(default_factory=Changes)
+    """New, changed, unchanged and deleted documents against last night's run."""
     by_mode: dict[str, float] = field(default_factory=dict)
     """The estimate all-sync, all-batch (each chunk at its cheapest endpoint that takes
     batch jobs, at batch prices; sync where none does) and in ``auto`` for the deadline."""
@@ -150,12 +156,26 @@ def make_plan(
     lines: dict[str, Line] = {}
     blocked: dict[str, Unroutable] = {}
     counter = get_counter(cfg.chunking.counter)
+    reuse, before = _reuse(cfg, schema)
+    plan.changes.since_run_id = before.run_id if before else None
+    before_paths = corpus_paths(reuse.store, before.run_id) if before else set()
+    tonight: list[str] = []
+    sent = False  # whether a chunk of the current document will be sent
     items = read_corpus(cfg, run_id="plan", counter=counter, residency=residency, announce=False)
     for item in items:
         if isinstance(item, DocumentRow):
+            if tonight:
+                plan.changes.document(tonight[-1], sent=sent, before=before_paths)
+            tonight.append(item.path)
+            sent = False
             _count_document(plan, item)
             continue
         plan.chunks += 1
+        key = reuse.versions.key(item.text)
+        if reuse.index.reusable(key, item.regions):
+            plan.reused_chunks += 1  # answered already: the run sends and pays nothing
+            continue
+        sent = True
         prompt = estimator.prompt_tokens(item)
         max_out = cfg.task.max_output_tokens
         found = router.candidates(
@@ -166,14 +186,34 @@ def make_plan(
             blocked.setdefault(item.path, Unroutable(item.path, *why)).chunks += 1
             continue
         first = found[0]
+        reuse.index.add(key, "plan", first.region)  # the same text later in the run reuses it
         line = lines.setdefault(first.key, Line(endpoint=first.key, region=first.region))
         estimator.add(line, first, prompt)
         estimator.add(plan.total, first, prompt)
         batch_usd += estimator.batch_cost(found, prompt, strategy.name == "ordered")
+    if tonight:
+        plan.changes.document(tonight[-1], sent=sent, before=before_paths)
+    plan.changes.finish(before_paths, tonight)
     plan.by_mode = _by_mode(cfg, plan.total.cost_usd, batch_usd)
     plan.endpoints = sorted(lines.values(), key=lambda x: -x.cost_usd)
     plan.unroutable = list(blocked.values())
     return plan
+
+
+@dataclass(frozen=True, slots=True)
+class _Reuse:
+    store: Store
+    versions: Versions
+    index: ReuseIndex
+
+
+def _reuse(cfg: Config, schema: SchemaSpec) -> tuple[_Reuse, RunRecord | None]:
+    """What a run of ``cfg`` would reuse (the root's answers, as ``reuse`` scopes them;
+    none with ``across_runs: false``: a new run's family has none), and last night's run."""
+    store = Store(cfg.output.root)
+    scope = ReuseScope.of(cfg, store)
+    index = ReuseIndex.scoped(store, "plan", scope) if scope.across_runs else ReuseIndex("plan")
+    return _Reuse(store, Versions.of(cfg, schema), index), last_night(store, cfg)
 
 
 def _count_document(plan: Plan, row: DocumentRow) -> None:
@@ -250,6 +290,21 @@ def _by_mode(cfg: Config, sync_usd: float, batch_usd: float) -> dict[str, float]
 AUTO_MIN_WINDOW_S = 3600.0
 
 
+def _changes(c: Changes) -> list[str]:
+    if c.since_run_id is None:
+        return [f"  changes    {c.new} new document(s): no earlier full run of this corpus"]
+    out = [
+        f"  changes    since run {c.since_run_id}: {c.new} new · {c.changed} changed · "
+        f"{c.unchanged} unchanged · {c.deleted} deleted"
+    ]
+    if c.deleted_paths:
+        more = c.deleted - len(c.deleted_paths)
+        out.append(
+            f"  deleted    {', '.join(c.deleted_paths)}" + (f" and {more} more" if more else "")
+        )
+    return out
+
+
 def render_plan(plan: Plan, fmt: Literal["table", "json"]) -> str:
     """The plan for a terminal (``table``) or a program (``json``)."""
     if fmt == "json":
@@ -264,7 +319,9 @@ def _table(plan: Plan) -> list[str]:
         f"plan · config {plan.config} · schema {plan.schema} · strategy {plan.strategy}",
         f"  documents  {plan.documents}"
         + (f" ({len(plan.unreadable)} unreadable)" if plan.unreadable else ""),
-        f"  chunks     {plan.chunks} ({routable} routable, {plan.chunks - routable} not)",
+        f"  chunks     {plan.chunks} ({plan.reused_chunks} reused, {routable} to send, "
+        f"{plan.chunks - plan.reused_chunks - routable} with no route)",
+        *_changes(plan.changes),
         f"  estimate   {plan.basis.describe()}",
         "",
         f"  {'first endpoint':<44} {'region':<8} {'chunks':>6} {'input tok':>11} "

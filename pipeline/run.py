@@ -18,7 +18,8 @@ front of it (``pipeline.batch_dispatch``: provider batch jobs, adopted on resume
 A resumed opening continues an interrupted run: chunks with a committed result are
 skipped, rows already stored are not stored again, and the ledger cost already spent
 counts against the cap. Chunks whose idempotency key (see ``family``) already has a
-succeeded answer in the run family reuse it without a call.
+succeeded answer on the root (or, with ``--full``, in the run family) reuse it without a
+call, within the run's ``ReuseScope``.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ from typing import Any
 
 from pipeline.batch_dispatch import BatchDispatcher
 from pipeline.batches import Batch, BatchCommitter
+from pipeline.changes import deleted_rows, last_night
 from pipeline.config import Config
-from pipeline.config_sections import parse_duration
 from pipeline.corpus import read_corpus
 from pipeline.dispatch import Dispatcher
 from pipeline.endpoints import Connections, connect
 from pipeline.errors import ConfigError
-from pipeline.family import Prior, ReuseIndex, Selection, Versions
+from pipeline.family import Prior, ReuseIndex, ReuseScope, Selection, Versions
 from pipeline.models import BatchOutcome, Chunk
 from pipeline.opening import Opening
 from pipeline.policy import (
@@ -106,6 +107,8 @@ class Run:
         self.progress = Progress(budget_usd=self.budget.cap_usd)  # after a monthly cap
         self._count_prior()
         self.started_at = opening.started_at or time.time()
+        self.reuse = opening.reuse or ReuseScope.of(cfg, self.store, now=self.started_at)
+        self.deleted: list[DocumentRow] = []  # last night's documents gone tonight
         self.sync = Dispatcher(
             run_id=self.run_id,
             router=self.router,
@@ -133,7 +136,7 @@ class Run:
             self.run_id,
             self.dispatcher,
             self.versions,
-            _reuse_index(self.store, cfg, opening.family_id),
+            ReuseIndex.scoped(self.store, opening.family_id, self.reuse),
             self.prior,
             self.progress,
         )
@@ -212,6 +215,7 @@ class Run:
                     await run.adopt_jobs()
                     yield run
                     await run.finish_jobs()
+                    run.record_deleted()
                 except (KeyboardInterrupt, asyncio.CancelledError):
                     # Stopped from outside (Ctrl-C, a cancelled flow run): nothing failed,
                     # and the run goes on where it stopped.
@@ -244,6 +248,17 @@ class Run:
             if rows:
                 self.store.write_rows("ledger", self.run_id, rows)
                 self.progress.spend_usd = self.budget.spent_usd
+
+    def record_deleted(self) -> None:
+        """A nightly run that read the whole corpus records the documents last night's run
+        read and it did not, as ``deleted`` rows of its ``documents`` (``pipeline.changes``)."""
+        if self.opening.selection is not None:
+            return  # a rerun reads its parent's chunks, not the corpus
+        before = last_night(self.store, self.cfg, not_run=self.run_id)
+        if before is None:
+            return
+        self.deleted = deleted_rows(self.store, before, self.run_id)
+        self.store.write_rows("documents", self.run_id, self.deleted)
 
     def compact(self) -> None:
         """Merge this run's small parts into one per table (readers never miss or double)."""
@@ -355,6 +370,7 @@ class Run:
                 prompt_version=self.versions.prompt_version,
                 model_policy=self.versions.model_policy,
                 selection=_selection(self.opening.selection),
+                reuse=self.reuse.to_json(),
             )
         )
 
@@ -383,14 +399,6 @@ class Run:
     def summary(self) -> dict[str, Any]:
         """What a person wants to see at the end (``pipeline.summary``)."""
         return summarize(self)
-
-
-def _reuse_index(store: Store, cfg: Config, family_id: str) -> ReuseIndex:
-    """The answers the run may take instead of asking (``reuse``): the root's, or only
-    its family's; no older than ``reuse.max_age``."""
-    age = cfg.reuse.max_age
-    since = time.time() - parse_duration(age) if age else None
-    return ReuseIndex.load(store, family_id, across_runs=cfg.reuse.across_runs, since=since)
 
 
 def _selection(selection: Selection | None) -> str | None:

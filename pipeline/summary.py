@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pipeline.audit import batch_savings, worst_case_spend
+from pipeline.changes import SHOWN
 from pipeline.config import Config
 from pipeline.store import Store
 
@@ -35,15 +36,21 @@ def summarize(run: Run) -> dict[str, Any]:
         "GROUP BY 1 ORDER BY 2 DESC",
         [run_id],
     ).rows
-    # What the reused answers cost the runs that paid for them (one row per key there).
+    # What the reused answers cost the runs that paid for them (the reuse index's rows).
     reused, saved = store.read(
         "SELECT count(*), coalesce(sum(o.cost_usd), 0) FROM results r LEFT JOIN ("
-        " SELECT run_id, idem_key, max(cost_usd) AS cost_usd FROM results"
-        " WHERE status = 'succeeded' AND reused_from IS NULL GROUP BY 1, 2) o"
+        " SELECT run_id, idem_key, max(cost_usd) AS cost_usd FROM answers GROUP BY 1, 2) o"
         " ON o.run_id = r.reused_from AND o.idem_key = r.idem_key"
         " WHERE r.run_id = ? AND r.reused_from IS NOT NULL",
         [run_id],
     ).rows[0]
+    deleted = [
+        path
+        for (path,) in store.read(
+            "SELECT path FROM documents WHERE run_id = ? AND status = 'deleted' ORDER BY 1",
+            [run_id],
+        ).rows
+    ]
     p = run.progress
     worst_usd, worst = worst_case_spend(store, run_id)
     return {
@@ -57,6 +64,8 @@ def summarize(run: Run) -> dict[str, Any]:
         "skipped": p.skipped,
         "reused": int(reused),
         "reused_saved_usd": float(saved),
+        "deleted": len(deleted),
+        "deleted_paths": deleted[:SHOWN],
         "not_succeeded_by_reason": {r: n for r, n in reasons},
         "spend_usd": run.budget.spent_usd,
         "spend_worst_case_usd": worst_usd,

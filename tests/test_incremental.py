@@ -18,6 +18,7 @@ from flows.cli import main
 from pipeline.audit import audit
 from pipeline.batches import drive
 from pipeline.config import load_config
+from pipeline.errors import ConfigError
 from pipeline.opening import Request, decide
 from pipeline.run import Run
 from pipeline.simulator import SimulatorServer
@@ -162,3 +163,167 @@ def test_docroute_run_full_on_the_command_line(tmp_path: Path, sim_env: Simulato
     assert len(sim_env.requests()) == before
     assert main(["run", "--config", str(path), "--run-id", "c3", "--full"]) == 0
     assert len(sim_env.requests()) - before >= 2
+
+
+def test_the_reuse_index_holds_one_row_per_paid_answer(
+    tmp_path: Path, sim_env: SimulatorServer
+) -> None:
+    """``answers`` indexes what a run paid for; a reusing run adds nothing to it."""
+    corpus(tmp_path / "corpus", {"eu": 3})
+    path = sync_config(tmp_path)
+    night(path, "n1")
+    night(path, "n2")
+    rows = stored(
+        tmp_path / "out",
+        "SELECT a.run_id, count(*) AS n, sum(a.cost_usd) = sum(r.cost_usd) AS same_cost "
+        "FROM answers a JOIN results r USING (run_id, idem_key) GROUP BY 1",
+    )
+    assert rows == [{"run_id": "n1", "n": 3, "same_cost": True}]
+
+
+def test_max_age_counts_from_when_the_answer_was_made(
+    tmp_path: Path, sim_env: SimulatorServer
+) -> None:
+    """An answer reused last night is as old as the night that paid for it."""
+    import time
+
+    from pipeline.family import ReuseIndex
+
+    corpus(tmp_path / "corpus", {"eu": 2})
+    path = sync_config(tmp_path)
+    night(path, "n1")
+    between = time.time()
+    night(path, "n2")  # reuses n1's answers: its results rows are newer than ``between``
+    store = Store(tmp_path / "out")
+    assert len(ReuseIndex.load(store, "n3", across_runs=True)) == 2
+    assert len(ReuseIndex.load(store, "n3", across_runs=True, since=between)) == 0
+
+
+def test_since_run_id_reuses_only_answers_made_since_that_run(
+    tmp_path: Path, sim_env: SimulatorServer
+) -> None:
+    corpus(tmp_path / "corpus", {"eu": 2})
+    path = sync_config(tmp_path)
+    night(path, "n1")
+    edited = tmp_path / "corpus" / "eu" / "doc-001.txt"
+    edited.write_text(edited.read_text().replace("Record", "Revised record"))
+    night(path, "n2")  # pays for doc-001's new text only
+    before = len(sim_env.requests())
+    night(path, "n3", **{"reuse.since": "n2"})
+    sent = sim_env.requests()[before:]
+    text = stored(
+        tmp_path / "out", "SELECT text FROM chunks WHERE run_id = 'n3' AND path = 'eu/doc-000.txt'"
+    )[0]["text"]
+    assert {r.prompt_sha256 for r in sent} == {sha(text)}, "n1's answer is older than n2"
+    with pytest.raises(ConfigError, match=r"reuse\.since: run 'nope' not found"):
+        night(path, "n4", **{"reuse.since": "nope"})
+
+
+def test_a_resumed_full_run_stays_full(tmp_path: Path, sim_env: SimulatorServer) -> None:
+    """``--full`` is recorded with the run: resuming it (without the flag) asks again."""
+    corpus(tmp_path / "corpus", {"eu": 4})
+    path = sync_config(tmp_path)
+    night(path, "n1")
+    before = len(sim_env.requests())
+    cfg = load_config(path, overrides={"reuse.across_runs": False, "routing.batch_size": 2})
+    store = Store(cfg.output.root)
+    opening = decide(store, cfg, Request(run_id="n2"))
+
+    async def first_batch_only() -> None:
+        async with Run.open(cfg, opening) as run:
+            batch = next(iter(run.batches()))
+            await run.process_batch(batch)
+            raise KeyboardInterrupt  # stopped after one batch: the run is interrupted
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(first_batch_only())
+    assert len(sim_env.requests()) - before == 2
+    resumed = load_config(path)  # tonight's config says reuse across runs
+    opening = decide(Store(resumed.output.root), resumed, Request(resume="n2"))
+
+    async def rest() -> dict[str, Any]:
+        async with Run.open(resumed, opening) as run:
+            await drive(run.batches(), run.process_batch, run.parallel)
+        return run.summary()
+
+    summary = asyncio.run(rest())
+    assert summary["reused"] == 0 and len(sim_env.requests()) - before == 4
+
+
+def test_an_older_root_gets_its_reuse_index_built(tmp_path: Path, sim_env: SimulatorServer) -> None:
+    """A root written before the ``answers`` index: its migration indexes the results."""
+    import json
+    import shutil
+
+    corpus(tmp_path / "corpus", {"eu": 3})
+    path = sync_config(tmp_path)
+    night(path, "n1")
+    out = tmp_path / "out"
+    shutil.rmtree(out / "answers")  # as an older docroute left it
+    state = json.loads((out / "_catalog.json").read_text())
+    state["migrations"].remove("0005_answers_index")
+    (out / "_catalog.json").write_text(json.dumps(state))
+    before = len(sim_env.requests())
+    second = night(path, "n2")
+    assert len(sim_env.requests()) == before and second["reused"] == 3
+    assert stored(out, "SELECT count(*) AS n FROM answers") == [{"n": 3}]
+
+
+def test_a_deleted_document_is_reported_once_and_gone_from_tonights_results(
+    tmp_path: Path, sim_env: SimulatorServer
+) -> None:
+    from flows.summary import format_summary, summary_markdown
+
+    corpus(tmp_path / "corpus", {"eu": 3})
+    path = sync_config(tmp_path)
+    night(path, "n1")
+    (tmp_path / "corpus" / "eu" / "doc-001.txt").unlink()
+    second = night(path, "n2")
+    assert second["deleted"] == 1 and second["deleted_paths"] == ["eu/doc-001.txt"]
+    assert second["documents"] == 2, "a deleted document is not one of tonight's documents"
+    second["status"] = "succeeded"
+    assert "deleted    1 document(s) of the last full run gone from the corpus: eu/doc-001.txt" in (
+        format_summary(second, path)
+    )
+    assert "Deleted: 1 document(s)" in summary_markdown(second)
+    out = tmp_path / "out"
+    rows = stored(out, "SELECT path, status, reason FROM documents WHERE run_id = 'n2' ORDER BY 1")
+    assert [(r["path"], r["status"]) for r in rows] == [
+        ("eu/doc-000.txt", "ok"),
+        ("eu/doc-001.txt", "deleted"),
+        ("eu/doc-002.txt", "ok"),
+    ]
+    tonight = stored(out, "SELECT path FROM effective_results WHERE family_id = 'n2' ORDER BY 1")
+    assert [r["path"] for r in tonight] == ["eu/doc-000.txt", "eu/doc-002.txt"]
+    third = night(path, "n3")  # gone since n1: n2 reported it, n3 has nothing to report
+    assert third["deleted"] == 0
+    assert audit(Store(out), "n2").ok
+
+
+def test_plan_counts_the_changes_and_prices_only_what_will_be_sent(
+    tmp_path: Path, sim_env: SimulatorServer
+) -> None:
+    from pipeline.plan import make_plan, render_plan
+
+    corpus(tmp_path / "corpus", {"eu": 4})
+    path = sync_config(tmp_path)
+    night(path, "n1")
+    folder = tmp_path / "corpus" / "eu"
+    edited = folder / "doc-001.txt"
+    edited.write_text(edited.read_text().replace("Record", "Revised record"))
+    (folder / "doc-002.txt").unlink()
+    (folder / "doc-new.txt").write_text("A new record. " + "word " * 50)
+    plan = make_plan(load_config(path))
+    c = plan.changes
+    assert (c.since_run_id, c.new, c.changed, c.unchanged, c.deleted) == ("n1", 1, 1, 2, 1)
+    assert c.deleted_paths == ["eu/doc-002.txt"]
+    assert plan.chunks == 4 and plan.reused_chunks == 2 and plan.total.chunks == 2
+    table = render_plan(plan, "table")
+    assert "since run n1: 1 new · 1 changed · 2 unchanged · 1 deleted" in table
+    assert "4 (2 reused, 2 to send, 0 with no route)" in table
+    full = make_plan(load_config(path, overrides={"reuse.across_runs": False}))
+    assert full.reused_chunks == 0 and full.total.chunks == 4
+    assert full.total.cost_usd > plan.total.cost_usd > 0
+    before = len(sim_env.requests())
+    night(path, "n2")
+    assert len(sim_env.requests()) - before == plan.total.chunks, "the plan priced what was sent"

@@ -314,6 +314,7 @@ def test_a_root_written_before_migrations_is_migrated_on_s3(s3: S3) -> None:
         "0002_part_schemas",
         "0003_runs_family",
         "0004_batch_columns",
+        "0005_answers_index",
     ]
     assert f"{s3.bucket}/nightly/_catalog.json" in s3.objects()
     assert f"{s3.bucket}/nightly/runs/_schema.parquet" in s3.objects()

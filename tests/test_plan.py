@@ -83,7 +83,8 @@ def test_estimate_from_history_is_within_15_percent_of_the_sample_run(
         "SELECT sum(cost_usd) FROM ledger WHERE run_id = ?", [summary["run_id"]]
     ).rows[0][0]
 
-    plan = make_plan(load_config(config))
+    # priced as a run that asks again (``--full``): the history, not the reuse, is tested
+    plan = make_plan(load_config(config, overrides={"reuse.across_runs": False}))
     assert plan.basis.source == "history" and plan.basis.runs == 1
     assert plan.chunks == summary["chunks"], "the plan chunks the corpus as the run did"
     assert plan.total.cost_usd == pytest.approx(actual, rel=0.15)
@@ -102,7 +103,7 @@ def test_estimate_from_history_is_within_15_percent_of_the_sample_run(
     runs = store.read("SELECT count(*) FROM runs").rows[0][0]
     requests = len(sim_env.requests())
     capsys.readouterr()
-    assert main(["run", "--dry-run", "--config", str(config)]) == 0
+    assert main(["run", "--dry-run", "--full", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("plan · config") and "from history" in out
     assert f"{plan.total.cost_usd:.4f}" in out

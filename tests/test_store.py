@@ -168,10 +168,19 @@ ROWS: dict[str, Callable[[], list[Any]]] = {
     "documents": lambda: [document()],
     "runs": lambda: [run_record(updated_at=T0 + 5, finished_at=T0 + 4, message="done")],
     "prices": lambda: [price_row()],
+    "answers": lambda: [
+        {"idem_key": "k0", "finished_at": T0, "cost_usd": 0.5, "region": "eu"},
+        {"idem_key": "k1", "finished_at": T0 + 1, "cost_usd": 0.25, "region": None},
+    ],
 }
 
 
-ORDER_BY = {"chunks": "chunk_id", "results": "chunk_id", "ledger": "chunk_id"}
+ORDER_BY = {
+    "chunks": "chunk_id",
+    "results": "chunk_id",
+    "ledger": "chunk_id",
+    "answers": "idem_key",
+}
 
 
 @pytest.mark.parametrize("table", TABLES)
@@ -186,7 +195,8 @@ def test_round_trip_every_table(store: Store, table: str) -> None:
     assert got == store.read(sql)
     assert got.columns == SCHEMAS[table].names
     for want, have in zip(rows, got.to_dicts(), strict=True):
-        expected = {k: stored_value(table, k, v) for k, v in dataclasses.asdict(want).items()}
+        fields = want if isinstance(want, dict) else dataclasses.asdict(want)
+        expected = {k: stored_value(table, k, v) for k, v in fields.items()}
         assert have == {**expected, "run_id": "r1"}
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from .compaction import REPLACES_KEY, visible_parts
 from .parts import SCHEMA_FILE
@@ -333,6 +334,11 @@ def run(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None) 
     rows = cursor.fetchall()
     columns = [d[0] for d in cursor.description or []]
     return QueryResult(columns=columns, rows=[tuple(row) for row in rows])
+
+
+def run_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None) -> pa.Table:
+    """Execute one query and fetch what it returns as Arrow (no Python object per value)."""
+    return con.sql(sql, params=list(params) if params is not None else None).to_arrow_table()
 
 
 def user_error(exc: duckdb.Error, root: Path | str) -> QueryError:

@@ -5,7 +5,7 @@
         journal.append_result(result)    # the chunk's terminal result, the same way
         ...
         store.write_rows("ledger", run_id, entries)   # the batch's parts
-        store.write_rows("results", run_id, results)
+        store.write_results(run_id, results)
         journal.commit()                 # the parts hold them all: the journal goes
 
 Ledger parts are written once per batch; a process killed mid-batch would lose the cost
@@ -258,7 +258,7 @@ def _compact(store: Store, path: Path) -> int:
     if results:
         done = _column(store, "results", "chunk_id", run_id)
         fresh = {r.chunk_id: r for r in results if r.chunk_id not in done}
-        store.write_rows("results", run_id, list(fresh.values()))
+        store.write_results(run_id, list(fresh.values()))
         results = list(fresh.values())
     path.unlink(missing_ok=True)
     if entries or results:

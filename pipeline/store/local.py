@@ -22,9 +22,10 @@ from pathlib import Path, PurePath
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import catalog, compaction, parts
-from .root import QUARANTINE_DIR
+from .root import QUARANTINE_DIR, read_dataset
 from .tables import SCHEMAS, TABLES
 
 #: Folders whose presence means docroute wrote here (besides the catalog file).
@@ -108,6 +109,11 @@ class LocalRoot:
             for run in self.list_dirs(table):  # leftovers of earlier compactions, any run
                 compaction.collect_garbage(folder / run, grace_s=grace_s)
         return written
+
+    def read_run(self, table: str, run_id: str, where: pc.Expression | None = None) -> pa.Table:
+        folder = self.path / table / run_id
+        paths = [str(p) for p in compaction.visible_parts(folder)] if folder.is_dir() else []
+        return read_dataset(paths, SCHEMAS[table], where)
 
     def build_catalog(self, *, wait_s: float) -> Path:
         return catalog.create_catalog(self.path, wait_s=wait_s)

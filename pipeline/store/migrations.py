@@ -67,6 +67,28 @@ def _runs_family(store: Store) -> None:
             store.write_run(record)
 
 
+def _answers_index(store: Store) -> None:
+    """Index the answers every run paid for so far (``answers``), one run at a time."""
+    import pyarrow.compute as pc
+
+    store.write_schema_files()
+    paid = (
+        (pc.field("status") == "succeeded")
+        & pc.field("idem_key").is_valid()
+        & pc.field("output").is_valid()
+        & pc.field("reused_from").is_null()
+    )
+    for run_id in store.run_folders("results"):
+        if store.read_run("answers", run_id).num_rows:
+            continue  # indexed by a docroute that wrote it (an interrupted migration)
+        rows = store.read_run("results", run_id, paid)
+        store.write_rows(
+            "answers",
+            run_id,
+            rows.select(["idem_key", "finished_at", "cost_usd", "region"]).to_pylist(),
+        )
+
+
 #: In order; a name is never reused or reordered once released.
 MIGRATIONS: list[tuple[str, Callable[[Store], None]]] = [
     ("0001_baseline", _baseline),
@@ -74,6 +96,8 @@ MIGRATIONS: list[tuple[str, Callable[[Store], None]]] = [
     ("0003_runs_family", _runs_family),
     # ledger.batch_id and the prices' batch columns (batch jobs): older parts read as NULL.
     ("0004_batch_columns", _part_schemas),
+    # The reuse index (``answers``), built from the results already on the root.
+    ("0005_answers_index", _answers_index),
 ]
 
 

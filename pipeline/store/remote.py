@@ -29,6 +29,7 @@ from pathlib import PurePath, PurePosixPath
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -45,7 +46,7 @@ from .compaction import (
 from .fs import ObjectStore, RootURI, spool
 from .migrations import STATE_FILE
 from .parts import PART_GLOB, SCHEMA_FILE, seq_after, whole_tail
-from .root import QUARANTINE_DIR, quarantine_damaged
+from .root import QUARANTINE_DIR, quarantine_damaged, read_dataset
 from .tables import SCHEMAS, TABLES
 
 _PART_PREFIX, _PART_SUFFIX = PART_GLOB.split("*")
@@ -269,6 +270,11 @@ class RemoteRoot(ObjectStore):
             con.close()
             raise
         return con
+
+    def read_run(self, table: str, run_id: str, where: pc.Expression | None = None) -> pa.Table:
+        infos = sorted(self._parts_in(f"{table}/{run_id}"), key=lambda i: i.base_name)
+        paths = [i.path for i in self.visible(infos)]
+        return read_dataset(paths, SCHEMAS[table], where, filesystem=self.fs)
 
     def _dataset(self, table: str, paths: list[str]) -> ds.Dataset:
         return ds.FileSystemDataset.from_paths(

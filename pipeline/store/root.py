@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.fs as pafs
 
     from .fs import RootURI
 
@@ -89,6 +91,11 @@ class Root(Protocol):
         """Merge small parts of ``run_id`` (or of every run); the merged parts written."""
         ...
 
+    def read_run(self, table: str, run_id: str, where: pc.Expression | None = None) -> pa.Table:
+        """The visible rows of ``<table>/<run_id>`` (``where``: only those), in the
+        table's schema; an empty table if the run has no parts."""
+        ...
+
     def build_catalog(self, *, wait_s: float) -> Path | None:
         """(Re)create the views of ``catalog_path``; ``None`` where there is no such file."""
         ...
@@ -104,6 +111,32 @@ class Root(Protocol):
         """A read-only connection with the views ``names``, able to read nothing else
         (``catalog.sandbox``): for users' SQL."""
         ...
+
+
+def read_dataset(
+    paths: Sequence[str],
+    schema: pa.Schema,
+    where: pc.Expression | None = None,
+    filesystem: pafs.FileSystem | None = None,
+) -> pa.Table:
+    """The rows of the Parquet ``paths`` in ``schema`` (columns a part lacks read as null)."""
+    import pyarrow.dataset as ds
+
+    if not paths:
+        return schema.empty_table()
+    dataset = ds.FileSystemDataset.from_paths(
+        list(paths),
+        schema=schema,
+        format=ds.ParquetFileFormat(),
+        filesystem=filesystem or _local_fs(),
+    )
+    return dataset.to_table(filter=where)
+
+
+def _local_fs() -> pafs.FileSystem:
+    import pyarrow.fs as pafs
+
+    return pafs.LocalFileSystem()
 
 
 def quarantine_damaged(root: Root) -> list[PurePath]:

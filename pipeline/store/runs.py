@@ -59,6 +59,8 @@ class RunRecord:
     model_policy: str | None = None
     selection: str | None = None
     """For a rerun: which chunks of the parent it takes (JSON), so it can be resumed."""
+    reuse: str | None = None
+    """Which earlier answers the run may reuse (JSON ``family.ReuseScope``), kept on resume."""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> RunRecord:

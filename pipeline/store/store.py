@@ -1,7 +1,8 @@
 """``Store``: the one object the pipeline and the ``docroute`` command use to keep data.
 
     store = Store(Path("out"))
-    store.write_rows("results", run_id, results)        # one crash-safe Parquet part
+    store.write_rows("ledger", run_id, entries)         # one crash-safe Parquet part
+    store.write_results(run_id, results)                # results, and their reuse index
     store.write_run(record)                             # one more run record
     store.refresh_catalog()                             # out/catalog.duckdb views
     store.read("SELECT * FROM results WHERE run_id = ? AND status <> 'succeeded'", [run_id])
@@ -37,11 +38,13 @@ Layers, each using only those below it:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import catalog, compaction, migrations, parts
 from .catalog import QueryResult
@@ -50,9 +53,10 @@ from .local import LocalRoot
 from .remote import RemoteRoot
 from .root import QUARANTINE_DIR, Root, quarantine_damaged
 from .runs import RunRecord, stamped
-from .tables import schema_for, to_arrow
+from .tables import answer_rows, schema_for, to_arrow
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = ["QUARANTINE_DIR", "Store", "open_root"]
 
@@ -110,6 +114,11 @@ class Store:
         """Whether each of ``tables`` has a folder (reading before any write creates nothing)."""
         return set(tables) <= set(self._root.list_dirs(""))
 
+    def run_folders(self, table: str) -> list[str]:
+        """The run ids that have a folder under ``table``, sorted."""
+        schema_for(table)
+        return [name for name in self._root.list_dirs(table) if not name.startswith(".")]
+
     def write_rows(self, table: str, run_id: str, rows: Sequence[Any]) -> Path | str | None:
         """Append ``rows`` to ``table`` as one new part of run ``run_id``; ``None`` if empty.
 
@@ -122,6 +131,23 @@ class Store:
         if not self._migrated:
             self.migrate()  # never add today's rows to a root still on an older layout
         return self._root.write_part(table, run_id, to_arrow(table, run_id, rows))
+
+    def write_results(self, run_id: str, results: Sequence[Any]) -> None:
+        """Append ``results`` to ``results`` and their paid-for answers to ``answers``.
+
+        The index part is written first: a crash between the two leaves an index row
+        whose result the run's journal still holds (recovery writes it), never a result
+        the index misses.
+        """
+        self.write_rows("answers", run_id, answer_rows(results))
+        self.write_rows("results", run_id, results)
+
+    def read_run(self, table: str, run_id: str, where: pc.Expression | None = None) -> pa.Table:
+        """The rows of one run's folder of ``table`` as Arrow (``where``: a filter),
+        without a view over the whole table: what the per-batch reuse lookup reads."""
+        schema_for(table)
+        parts.check_run_id(run_id)
+        return self._root.read_run(table, run_id, where)
 
     def write_run(self, record: RunRecord) -> None:
         """Append one version of ``record`` (``updated_at`` = now when it is 0)."""
@@ -207,11 +233,23 @@ class Store:
         and never waits for the catalog file's lock. A read that fails is tried once more
         if damaged parts were found and moved aside; else ``QueryError``.
         """
+        return self._trusted(catalog.run, sql, params)
+
+    def read_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        """``read``, with the rows as Arrow: for results too large to fetch as tuples."""
+        return self._trusted(catalog.run_arrow, sql, params)
+
+    def _trusted(
+        self,
+        fetch: Callable[[duckdb.DuckDBPyConnection, str, Sequence[Any] | None], T],
+        sql: str,
+        params: Sequence[Any] | None,
+    ) -> T:
         names = catalog.tables_named_in(sql)
         for attempt in (1, 2):
             try:
                 with self._root.reader(names) as con:
-                    return catalog.run(con, sql, params)
+                    return fetch(con, sql, params)
             except duckdb.Error as exc:  # a damaged part (maybe since the listing): move it
                 if attempt == 2 or not self.quarantine_damaged():
                     raise catalog.QueryError(f"store read failed: {exc}") from exc

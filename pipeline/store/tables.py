@@ -1,4 +1,4 @@
-"""The five stored tables as Arrow schemas, and fast row → Arrow conversion.
+"""The stored tables as Arrow schemas, and fast row → Arrow conversion.
 
 Each table is a list of Parquet parts; this module says what columns a part has and
 turns rows (dataclass instances or mappings) into a ``pyarrow.Table`` column by column::
@@ -61,6 +61,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("prompt_version", _STR, True),
         ("model_policy", _STR, True),
         ("selection", _STR, True),
+        ("reuse", _STR, True),
     ),
     "documents": _schema(
         ("run_id", _STR),
@@ -150,9 +151,35 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("batch_input_per_mtok", _FLOAT, True),
         ("batch_output_per_mtok", _FLOAT, True),
     ),
+    # The reuse index: one row per answer a run paid for (succeeded, not reused), by
+    # idempotency key, with what it cost and where it was made, written with the results
+    # it indexes. A run reads
+    # this small table to know which keys the root can answer, then only the results of
+    # the runs that hit.
+    "answers": _schema(
+        ("run_id", _STR),
+        ("idem_key", _STR),
+        ("finished_at", TIMESTAMP),
+        ("cost_usd", _FLOAT),
+        ("region", _STR, True),
+    ),
 }
 
 TABLES: tuple[str, ...] = tuple(SCHEMAS)
+
+
+def answer_rows(results: Sequence[Any]) -> list[dict[str, Any]]:
+    """The ``answers`` rows of ``results``: those that are a paid-for answer."""
+    return [
+        {
+            "idem_key": r.idem_key,
+            "finished_at": r.finished_at,
+            "cost_usd": r.cost_usd,
+            "region": r.region,
+        }
+        for r in results
+        if r.status == "succeeded" and r.idem_key and r.output is not None and not r.reused_from
+    ]
 
 
 def schema_for(table: str) -> pa.Schema:
