@@ -3,12 +3,14 @@
     .venv/bin/python bench/reuse.py                       # 365 nights × 5,000 chunks
     .venv/bin/python bench/reuse.py --nights 365 --chunks 50000
 
-Writes a synthetic output root: ``--nights`` runs, each with one compacted results part of
-``--chunks`` succeeded chunks (a corpus where ``--churn`` of the chunks change each
-night, so the root holds the keys of every version), then times what opening a run with
-``reuse.across_runs`` does before any call: ``ReuseIndex.load`` over the whole root, and
-one batch's lookup of its answers. Prints one JSON object. The data is written with
-pyarrow straight into the store's layout, so the figure is docroute's read path only.
+Writes a synthetic output root as docroute would leave it: ``--nights`` runs over a corpus
+of ``--chunks`` chunks where ``--churn`` of them change each night, each night with one
+compacted ``results`` part (the unchanged chunks reuse the answer of the night that paid
+for them) and one ``answers`` part (the reuse index: only what the night paid for). Then
+times what a run with ``reuse.across_runs`` does on top of its calls: ``ReuseIndex.load``
+(before the first call), and the answer lookups of a whole night, batch by batch. Prints
+one JSON object. The data is written with pyarrow straight into the store's layout, so
+the figures are docroute's read path only.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.family import ReuseIndex  # noqa: E402
 from pipeline.models import stable_id  # noqa: E402
 from pipeline.store import RunRecord, Store  # noqa: E402
-from pipeline.store.tables import SCHEMAS, timestamps  # noqa: E402
+from pipeline.store.tables import SCHEMAS, TIMESTAMP, timestamps  # noqa: E402
 
 T0 = 1_750_000_000.0
 
@@ -38,7 +40,6 @@ T0 = 1_750_000_000.0
 def write_history(root: Path, nights: int, chunks: int, churn: float) -> int:
     """The synthetic root; returns how many distinct keys it holds."""
     store = Store(root)
-    schema = SCHEMAS["results"]
     changed_per_night = int(chunks * churn)
     keys: set[str] = set()
     for night in range(nights):
@@ -57,7 +58,12 @@ def write_history(root: Path, nights: int, chunks: int, churn: float) -> int:
         versions = [night if i < changed_per_night else 0 for i in range(chunks)]
         idem = [stable_id("key", i, v) for i, v in enumerate(versions)]
         keys.update(idem)
+        # what docroute writes: a chunk unchanged since the night that paid for it reuses
+        # that night's answer (``reused_from``); only paid-for answers enter ``answers``
+        paid_night = [night if i < changed_per_night or night == 0 else 0 for i in range(chunks)]
+        origin = [None if p == night else f"2026{p:04d}-020000-bench" for p in paid_night]
         n = chunks
+        finished = T0 + night * 86_400 + 1800
         columns = {
             "run_id": [run_id] * n,
             "chunk_id": [stable_id("chunk", i, v) for i, v in enumerate(versions)],
@@ -70,25 +76,38 @@ def write_history(root: Path, nights: int, chunks: int, churn: float) -> int:
             "model": ["m"] * n,
             "region": ["eu"] * n,
             "attempts": [1] * n,
-            "cost_usd": [0.0001] * n,
-            "finished_at": [T0 + night * 86_400 + 1800] * n,
+            "cost_usd": [0.0001 if o is None else 0.0 for o in origin],
+            "finished_at": [finished] * n,
             "schema_name": ["chunk_summary"] * n,
             "error": [None] * n,
             "schema_version": ["1"] * n,
             "idem_key": idem,
-            "reused_from": [None] * n,
+            "reused_from": origin,
             "excluded": [None] * n,
         }
-        arrays = [
-            timestamps(columns[f.name])
-            if f.name == "finished_at"
-            else pa.array(columns[f.name], f.type)
-            for f in schema
-        ]
-        folder = root / "results" / run_id
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_arrays(arrays, schema=schema), folder / "part-0-m.parquet")
+        write_part(root, "results", run_id, columns)
+        fresh = [i for i in range(n) if origin[i] is None]
+        answers = {
+            "run_id": [run_id] * len(fresh),
+            "idem_key": [idem[i] for i in fresh],
+            "finished_at": [finished] * len(fresh),
+            "cost_usd": [0.0001] * len(fresh),
+            "region": ["eu"] * len(fresh),
+        }
+        write_part(root, "answers", run_id, answers)
     return len(keys)
+
+
+def write_part(root: Path, table: str, run_id: str, columns: dict[str, list[object]]) -> None:
+    """One compacted part of ``table`` for ``run_id``, in the store's layout."""
+    schema = SCHEMAS[table]
+    arrays = [
+        timestamps(columns[f.name]) if f.type == TIMESTAMP else pa.array(columns[f.name], f.type)
+        for f in schema
+    ]
+    folder = root / table / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_arrays(arrays, schema=schema), folder / "part-0-m.parquet")
 
 
 def main() -> None:
@@ -96,6 +115,7 @@ def main() -> None:
     parser.add_argument("--nights", type=int, default=365)
     parser.add_argument("--chunks", type=int, default=5000)
     parser.add_argument("--churn", type=float, default=0.02)
+    parser.add_argument("--batch", type=int, default=64, help="routing.batch_size")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="docroute-bench-reuse-"))
     try:
@@ -106,10 +126,20 @@ def main() -> None:
         started = time.perf_counter()
         index = ReuseIndex.load(store, "tonight", across_runs=True)
         load_s = time.perf_counter() - started
-        probe = [stable_id("key", i, 0) for i in range(args.chunks - 250, args.chunks)]
+        # tonight: the unchanged chunks (paid for on the first night), looked up batch by
+        # batch as the run does; the first batch reads that night's answers, the rest hit
+        # the index's memory
+        unchanged = [
+            stable_id("key", i, 0) for i in range(int(args.chunks * args.churn), args.chunks)
+        ]
+        batches = [unchanged[i : i + args.batch] for i in range(0, len(unchanged), args.batch)]
         started = time.perf_counter()
-        found = index.answers(store, probe)
-        lookup_s = time.perf_counter() - started
+        first = index.answers(store, batches[0])
+        first_s = time.perf_counter() - started
+        hits = len(first)
+        for batch in batches[1:]:
+            hits += len(index.answers(store, batch))
+        night_s = time.perf_counter() - started
         print(
             json.dumps(
                 {
@@ -120,8 +150,11 @@ def main() -> None:
                     "index_keys": len(index),
                     "write_history_s": round(written_s, 1),
                     "reuse_index_load_s": round(load_s, 2),
-                    "one_batch_lookup_s": round(lookup_s, 3),
-                    "one_batch_hits": len(found),
+                    "batch_size": args.batch,
+                    "first_batch_lookup_s": round(first_s, 3),
+                    "night_lookups_s": round(night_s, 2),
+                    "night_batches": len(batches),
+                    "night_hits": hits,
                 }
             )
         )
