@@ -2,7 +2,7 @@
 
     docroute run      --config docroute.yaml [--budget USD] [--simulate] [--full] [--since RUN_ID]
     docroute run      --resume RUN_ID         # continue an interrupted run
-    docroute run      --dry-run               # the plan below, instead of running
+    docroute run      --dry-run [--format table|json]   # the plan below, instead of running
     docroute plan     --config docroute.yaml [--budget USD] [--format table|json] [--full]
     docroute rerun    RUN_ID [--status failed] [--reason R] [--provider P] [--budget USD]
                       [--set task.max_output_tokens=2048] [--force]
@@ -13,12 +13,16 @@
     docroute recover                          # record what killed runs journaled
     docroute serve    [--cron "0 2 * * *"]
     docroute simulate
+    docroute --version
 
-Commands that read (``runs``, ``sql``, ``audit``) never write to the root; the
-commands themselves are in ``flows.commands``.
+This module is only the parser, and imports nothing beyond the standard library, so
+``--help``, ``COMMAND --help``, ``--version`` and argument errors answer at once. Command
+``NAME`` runs ``flows.commands.cmd_NAME``, imported once the arguments parse; each command
+imports the SDKs, Prefect and the stores it needs when it runs. Commands that read
+(``runs``, ``sql``, ``audit``) never write to the root.
 
 Exit codes: 0 the run finished (failed chunks are data, listed in the summary);
-1 the run itself failed; 2 bad configuration or arguments.
+1 the run itself failed; 2 bad configuration or arguments; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -26,43 +30,47 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from flows.commands import (
-    Interrupted,
-    cmd_audit,
-    cmd_compact,
-    cmd_plan,
-    cmd_recover,
-    cmd_rerun,
-    cmd_run,
-    cmd_runs,
-    cmd_serve,
-    cmd_simulate,
-    cmd_sql,
-)
-from pipeline.errors import ConfigError, DocrouteError
+_EXIT_CODES = """\
+exit codes: 0 the run finished (failed chunks are data, listed in the summary);
+1 the run itself failed; 2 bad configuration or arguments; 130 interrupted.
+Run `docroute COMMAND --help` for a command's options and examples."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.store import QueryError, StoreError
-
     args = _parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("docroute: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names; its failure becomes one line and an exit code.
+
+    The imports are here, not at the top, because they load pydantic, DuckDB and (for
+    ``run``) every provider SDK and Prefect: seconds that ``--help`` must not wait for.
+    """
+    from flows import commands
+    from pipeline.errors import ConfigError, DocrouteError
+    from pipeline.store import QueryError, StoreError
+
+    try:
+        return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
     except (ConfigError, QueryError) as exc:
         print(f"docroute: {exc}", file=sys.stderr)
         return 2
     except (DocrouteError, StoreError) as exc:
         print(f"docroute: {exc}", file=sys.stderr)
         return 1
-    except Interrupted as exc:
+    except commands.Interrupted as exc:
         print(f"docroute: {exc}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("docroute: interrupted", file=sys.stderr)
         return 130
 
 
@@ -71,7 +79,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="docroute",
         description="Nightly LLM batch processing of document corpora: route by residency and "
         "budget, validate, ledger.",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
         _run_command,
@@ -89,19 +100,75 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed package's version, looked up only when asked for
+    (reading the installed packages' metadata costs every other command time)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings,
+            dest=argparse.SUPPRESS,
+            default=argparse.SUPPRESS,
+            nargs=0,
+            help="print the installed docroute version and exit",
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("docroute")
+        except PackageNotFoundError:
+            installed = "unknown (not installed: `pip install -e .` in the repository)"
+        print(f"docroute {installed}")
+        parser.exit(0)
+
+
 _Commands = argparse._SubParsersAction  # what each command adds itself to
 
 
+def _command(
+    sub: _Commands, name: str, summary: str, examples: list[str], details: str = ""
+) -> argparse.ArgumentParser:
+    """Subcommand ``name``: ``summary`` in the command list, ``examples`` under its help."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary[0].upper()}{summary[1:]}." + (f"\n\n{details}" if details else ""),
+        epilog="examples:\n" + "\n".join(f"  {line}" for line in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def _run_command(sub: _Commands) -> None:
-    run = sub.add_parser("run", help="run the nightly batch once, now")
+    run = _command(
+        sub,
+        "run",
+        "run the nightly batch once, now",
+        [
+            "docroute run --config docroute.yaml --budget 5",
+            "docroute run --simulate                    # every provider simulated, no key needed",
+            "docroute run --dry-run --format json       # the plan, as `docroute plan` prints it",
+            "docroute run --resume 20260101-020000-abcdef",
+        ],
+        "Prints one summary at the end; failed chunks are data (see `docroute rerun`).",
+    )
     _config_arg(run)
-    run.add_argument("--budget", type=_usd, help="override budget.run_usd for this run")
-    run.add_argument("--run-id", help="use this run id (default: time-based)")
+    _budget_arg(run, "budget cap of this run in USD (default: the config's budget.run_usd)")
+    run.add_argument(
+        "--run-id", help="use this run id (default: time-based, like 20260101-020000-abcdef)"
+    )
     run.add_argument(
         "--resume",
         metavar="RUN_ID",
         help="continue the interrupted run RUN_ID: committed chunks are skipped and the "
-        "money it spent counts against its budget",
+        "money it spent counts against its budget (default: start a new run)",
     )
     run.add_argument(
         "--force",
@@ -115,18 +182,33 @@ def _run_command(sub: _Commands) -> None:
         action="store_true",
         help="print the plan (as `docroute plan`) instead: no call, no run record",
     )
-    run.set_defaults(func=cmd_run)
+    run.add_argument(
+        "--format",
+        choices=["table", "json"],
+        help="with --dry-run: print the plan as a table or as JSON (default: table)",
+    )
 
 
 def _plan_command(sub: _Commands) -> None:
-    plan = sub.add_parser(
-        "plan", help="chunks, tokens and cost per endpoint, before any call (nothing is written)"
+    plan = _command(
+        sub,
+        "plan",
+        "chunks, tokens and cost per endpoint, before any call (nothing is written)",
+        [
+            "docroute plan --config docroute.yaml",
+            "docroute plan --budget 2.50 --format json   # is $2.50 enough?",
+            "docroute plan --full                        # the cost without reusing answers",
+        ],
     )
     _config_arg(plan)
-    plan.add_argument("--budget", type=_usd, help="check against this budget instead (USD)")
-    plan.add_argument("--format", choices=["table", "json"], default="table")
+    _budget_arg(plan, "check against this budget in USD (default: the config's budget.run_usd)")
+    plan.add_argument(
+        "--format",
+        choices=["table", "json"],
+        default="table",
+        help="a table for people, JSON for programs (default: %(default)s)",
+    )
     _reuse_args(plan)
-    plan.set_defaults(func=cmd_plan)
 
 
 def _reuse_args(parser: argparse.ArgumentParser) -> None:
@@ -141,15 +223,25 @@ def _reuse_args(parser: argparse.ArgumentParser) -> None:
         "--since",
         metavar="RUN_ID",
         help="reuse only answers made since run RUN_ID started (reuse.since for this run); "
-        "older ones are asked for again",
+        "older ones are asked for again (default: the config's reuse.since)",
     )
 
 
 def _rerun_command(sub: _Commands) -> None:
-    rerun = sub.add_parser("rerun", help="process a run's failed/skipped chunks as a child run")
-    rerun.add_argument("run_id", metavar="RUN_ID")
+    rerun = _command(
+        sub,
+        "rerun",
+        "process a run's failed/skipped chunks as a child run",
+        [
+            "docroute rerun 20260101-020000-abcdef",
+            "docroute rerun 20260101-020000-abcdef --reason budget_exhausted --budget 3",
+            "docroute rerun 20260101-020000-abcdef --provider mistral-eu "
+            "--set task.max_output_tokens=2048",
+        ],
+    )
+    rerun.add_argument("run_id", metavar="RUN_ID", help="the run whose chunks to process again")
     _config_arg(rerun)
-    rerun.add_argument("--budget", type=_usd, help="budget of the child run (USD)")
+    _budget_arg(rerun, "budget of the child run in USD (default: the config's budget.run_usd)")
     rerun.add_argument(
         "--status",
         action="append",
@@ -159,12 +251,13 @@ def _rerun_command(sub: _Commands) -> None:
     rerun.add_argument(
         "--reason",
         action="append",
-        help="only results with this reason, e.g. budget_exhausted, no_route (repeatable)",
+        help="only results with this reason, e.g. budget_exhausted, no_route "
+        "(repeatable; default: any reason)",
     )
     rerun.add_argument(
         "--provider",
         action="append",
-        help="only chunks that had an attempt at this provider (repeatable)",
+        help="only chunks that had an attempt at this provider (repeatable; default: any provider)",
     )
     rerun.add_argument(
         "--set",
@@ -172,7 +265,7 @@ def _rerun_command(sub: _Commands) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a config value for the child run, e.g. task.max_output_tokens=2048 "
-        "(VALUE is YAML; repeatable)",
+        "(VALUE is YAML; repeatable; default: none)",
     )
     rerun.add_argument(
         "--force",
@@ -182,61 +275,121 @@ def _rerun_command(sub: _Commands) -> None:
     rerun.add_argument(
         "--simulate", action="store_true", help="use the simulator for every provider"
     )
-    rerun.set_defaults(func=cmd_rerun)
 
 
 def _audit_command(sub: _Commands) -> None:
-    audit = sub.add_parser("audit", help="check a run's promises from the stored data alone")
-    audit.add_argument("run_id", metavar="RUN_ID")
+    audit = _command(
+        sub,
+        "audit",
+        "check a run's promises from the stored data alone",
+        [
+            "docroute audit 20260101-020000-abcdef",
+            "docroute audit 20260101-020000-abcdef --format json --root s3://bucket/docroute",
+        ],
+        "Exit code 0 when every check holds, 1 when one does not.",
+    )
+    audit.add_argument("run_id", metavar="RUN_ID", help="the run to check")
     _where_args(audit)
-    audit.set_defaults(func=cmd_audit)
 
 
 def _compact_command(sub: _Commands) -> None:
-    compact = sub.add_parser("compact", help="merge a run's (or every run's) small Parquet parts")
-    compact.add_argument("run_id", metavar="RUN_ID", nargs="?")
+    compact = _command(
+        sub,
+        "compact",
+        "merge a run's (or every run's) small Parquet parts",
+        ["docroute compact", "docroute compact 20260101-020000-abcdef --root ./docroute-output"],
+    )
+    compact.add_argument(
+        "run_id", metavar="RUN_ID", nargs="?", help="the run to compact (default: every run)"
+    )
     _where_args(compact)
-    compact.set_defaults(func=cmd_compact)
 
 
 def _recover_command(sub: _Commands) -> None:
-    recover = sub.add_parser(
+    recover = _command(
+        sub,
         "recover",
-        help="record what killed runs journaled (ledger, results) and mark them interrupted",
+        "record what killed runs journaled (ledger, results) and mark them interrupted",
+        ["docroute recover", "docroute recover --root s3://bucket/docroute"],
     )
     _where_args(recover)
-    recover.set_defaults(func=cmd_recover)
 
 
 def _runs_command(sub: _Commands) -> None:
-    runs = sub.add_parser("runs", help="list runs with status, counts and spend")
+    runs = _command(
+        sub,
+        "runs",
+        "list runs with status, counts and spend",
+        ["docroute runs", "docroute runs --limit 5 --format csv > runs.csv"],
+    )
     _where_args(runs)
-    runs.add_argument("--limit", type=int, default=20)
-    runs.set_defaults(func=cmd_runs)
+    runs.add_argument(
+        "--limit", type=int, default=20, help="how many runs, newest first (default: %(default)s)"
+    )
 
 
 def _sql_command(sub: _Commands) -> None:
-    sql = sub.add_parser("sql", help="query runs, documents, chunks, results, ledger (read-only)")
-    sql.add_argument("query", metavar="QUERY")
+    sql = _command(
+        sub,
+        "sql",
+        "query runs, documents, chunks, results, ledger (read-only)",
+        [
+            'docroute sql "SELECT provider, sum(cost_usd) AS usd FROM ledger GROUP BY 1"',
+            'docroute sql "SELECT status, count(*) FROM effective_results GROUP BY 1" '
+            "--format json",
+        ],
+    )
+    sql.add_argument(
+        "query",
+        metavar="QUERY",
+        help="one read-only DuckDB statement over the root's tables (e.g. runs, documents, "
+        "chunks, results, ledger, effective_results)",
+    )
     _where_args(sql)
-    sql.set_defaults(func=cmd_sql)
 
 
 def _serve_command(sub: _Commands) -> None:
-    serve = sub.add_parser("serve", help="run the nightly schedule on this machine")
+    serve = _command(
+        sub,
+        "serve",
+        "run the nightly schedule on this machine",
+        [
+            "docroute serve --config docroute.yaml",
+            'docroute serve --cron "30 1 * * *" --timezone Europe/Zurich',
+        ],
+    )
     _config_arg(serve)
-    serve.add_argument("--cron", default="0 2 * * *", help='schedule (default "0 2 * * *")')
-    serve.add_argument("--timezone", default="UTC")
-    serve.add_argument("--name", default="nightly", help="deployment name")
-    serve.add_argument("--port", type=int, default=4200, help="port of the local Prefect server")
-    serve.set_defaults(func=cmd_serve)
+    serve.add_argument(
+        "--cron", default="0 2 * * *", help='when to run, in cron syntax (default: "%(default)s")'
+    )
+    serve.add_argument(
+        "--timezone", default="UTC", help="time zone of --cron (default: %(default)s)"
+    )
+    serve.add_argument("--name", default="nightly", help="deployment name (default: %(default)s)")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=4200,
+        help="port of the local Prefect server, when PREFECT_API_URL names none "
+        "(default: %(default)s)",
+    )
 
 
 def _simulate_command(sub: _Commands) -> None:
-    sim = sub.add_parser("simulate", help="serve the provider simulator in the foreground")
+    sim = _command(
+        sub,
+        "simulate",
+        "serve the provider simulator in the foreground",
+        ["docroute simulate --config docroute.yaml --port 8900"],
+        "Serves one simulated endpoint per configured provider on 127.0.0.1; Ctrl-C stops.",
+    )
     _config_arg(sim)
-    sim.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free)")
-    sim.set_defaults(func=cmd_simulate)
+    sim.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="port on 127.0.0.1 (default: %(default)s, any free port)",
+    )
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -249,6 +402,10 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _budget_arg(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--budget", type=_usd, metavar="USD", help=text)
+
+
 def _where_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
     p.add_argument(
@@ -257,7 +414,12 @@ def _where_args(p: argparse.ArgumentParser) -> None:
         help="output root, a folder or a URI like s3://bucket/prefix "
         "(default: the config's, else ./docroute-output)",
     )
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument(
+        "--format",
+        choices=["table", "csv", "json"],
+        default="table",
+        help="how to print the result (default: %(default)s)",
+    )
 
 
 def _root_arg(text: str) -> Path | str:

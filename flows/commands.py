@@ -8,6 +8,11 @@
 Commands that read only read (no journal recovery, no catalog refresh, no record): a read
 of a root with unrecovered journals says so and names ``docroute recover``. Commands that
 write recover first.
+
+Only the config and the store are imported at the top: the run machinery
+(``pipeline.opening``, ``pipeline.run``) loads every provider SDK, and ``flows.nightly``
+loads Prefect, so the commands that need them import them when they run; ``sql`` or
+``runs`` never wait for them.
 """
 
 from __future__ import annotations
@@ -24,8 +29,6 @@ from typing import Any, Literal
 from flows.summary import DEFAULT_ROOT, format_summary
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.opening import Request, decide
-from pipeline.run import require_run
 from pipeline.store import Store
 from pipeline.store.journal import recover
 
@@ -56,18 +59,21 @@ def _root(args: argparse.Namespace) -> Path | str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.nightly import nightly_batch
-
     path = _config_path(args.config)
     cfg = load_config(path, overrides=_reuse(args))  # a bad file stops here
+    if args.format is not None and not args.dry_run:
+        raise ConfigError("--format only applies with --dry-run (it formats the plan)")
     if args.dry_run:
-        return _plan(path, args.budget, "table", _reuse(args))
+        return _plan(path, args.budget, args.format or "table", _reuse(args))
     if args.resume is not None and not args.resume.strip():
         raise ConfigError("--resume needs the RUN_ID of an interrupted run (see `docroute runs`)")
     if args.resume and args.run_id and args.resume != args.run_id:
         raise ConfigError("--resume RUN_ID already names the run; leave out --run-id")
     if args.force and not args.resume:
         raise ConfigError("--force only applies with --resume RUN_ID")
+    from flows.nightly import nightly_batch
+    from pipeline.opening import Request, decide
+
     store = Store(cfg.output.root)  # an unusable object-store root stops here, before any call
     request = Request(run_id=args.run_id, resume=args.resume or None, force=args.force)
     opening = decide(store, cfg, request)  # a refused resume stops here, before Prefect
@@ -161,6 +167,7 @@ def _check_startable(cfg: Any, store: Store, run_id: str) -> None:
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     from flows.nightly import rerun_failed
+    from pipeline.opening import Request, decide
 
     path = _config_path(args.config)
     overrides = _overrides(args.set)
@@ -222,6 +229,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
+    from pipeline.run import require_run
+
     store = _store(args, write=True)
     if args.run_id:
         require_run(store, args.run_id)

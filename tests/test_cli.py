@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
 import json
+import subprocess
+import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flows.cli import main
+from flows.cli import _parser, main
 from pipeline.models import LedgerEntry
 from pipeline.store import RunRecord, Store
 from tests.conftest import sample_config_data, write_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _ledger(run_id: str, provider: str, cost: float) -> LedgerEntry:
@@ -239,3 +246,60 @@ def test_a_run_held_by_a_live_process_is_refused_before_prefect_starts(
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "Traceback" not in err
     assert "busy-1 is still running" in err
+
+
+def test_the_parser_loads_no_sdk_prefect_or_store() -> None:
+    """``--help`` is quick because ``flows.cli`` imports nothing heavy (issue 15)."""
+    heavy = ("anthropic", "openai", "mistralai", "prefect", "pydantic", "duckdb", "pyarrow")
+    probe = f"import flows.cli, sys; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert ast.literal_eval(done.stdout) == []
+
+
+def test_version_is_the_installed_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"docroute {metadata.version('docroute')}\n"
+
+
+def test_every_command_explains_itself() -> None:
+    """Each command has an example; each option a help text that names its default."""
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands.choices) >= {"run", "plan", "rerun", "runs", "sql", "serve"}
+    for name, command in commands.choices.items():
+        assert f"examples:\n  docroute {name}" in (command.epilog or ""), name
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            where = f"docroute {name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help, f"{where} has no help"
+            if action.option_strings and action.nargs != 0:  # flags default to off
+                assert "default" in action.help, f"{where} does not say its default"
+            if "%(default)" not in action.help and action.default not in (None, False, []):
+                pytest.fail(f"{where}: default {action.default!r} is not shown")
+
+
+def test_run_dry_run_prints_the_plan_as_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, sample_config_data())
+    assert main(["run", "--config", str(config), "--dry-run", "--format", "json"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert main(["plan", "--config", str(config), "--format", "json"]) == 0
+    assert dry == json.loads(capsys.readouterr().out)
+    assert {"chunks", "endpoints", "total", "budget_covered", "basis"} <= dry.keys()
+    assert main(["run", "--config", str(config), "--dry-run"]) == 0
+    assert "covered" in capsys.readouterr().out  # the table, as before
+    assert not (tmp_path / "out").exists(), "a dry run writes nothing"
+
+
+def test_format_without_dry_run_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, sample_config_data())
+    assert main(["run", "--config", str(config), "--format", "json"]) == 2
+    assert "--format only applies with --dry-run" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists(), "no run was started"
