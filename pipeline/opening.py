@@ -187,9 +187,64 @@ def rerun_selection(
         reasons=tuple(reasons or ()),
         providers=tuple(providers or ()),
     )
+    check_selection(store, selection)
     versions = Versions.of(cfg, get_schema(cfg.task.schema_name))
     check_rerun(store, parent, versions, force=force)
     return selection
+
+
+def check_selection(store: Store, selection: Selection) -> None:
+    """Refuse a rerun whose filters name a reason or provider the parent run does not have
+    (a typo would otherwise make an empty child run), or that selects no chunk at all;
+    the message lists what the parent has, with counts."""
+    parent, statuses = selection.parent_run_id, selection.statuses
+    rows = store.read(
+        "SELECT status, reason, count(*) FROM results WHERE run_id = ? "
+        "GROUP BY ALL ORDER BY 3 DESC",
+        [parent],
+    ).rows
+    reasons: dict[str, int] = {}
+    for status, reason, n in rows:
+        if status in statuses and reason is not None:
+            reasons[reason] = reasons.get(reason, 0) + n
+    what = "/".join(statuses)
+    for reason in selection.reasons:
+        if reason not in reasons:
+            raise ConfigError(
+                f"--reason {reason!r}: no {what} chunk of run {parent} has that reason; "
+                f"its reasons: {_counts(reasons)}"
+            )
+    if selection.providers:
+        tried = dict(
+            store.read(
+                "SELECT provider, count(DISTINCT chunk_id) FROM ledger WHERE run_id = ? "
+                "AND provider IS NOT NULL GROUP BY 1 ORDER BY 2 DESC",
+                [parent],
+            ).rows
+        )
+        for provider in selection.providers:
+            if provider not in tried:
+                raise ConfigError(
+                    f"--provider {provider!r}: run {parent} sent no chunk to it; "
+                    f"its providers (chunks sent): {_counts(tried)}"
+                )
+    where, params = selection.sql()
+    chosen = store.read(
+        f"SELECT count(*) FROM results r WHERE r.run_id = ? AND {where}", [parent, *params]
+    ).rows[0][0]
+    if not chosen:
+        by_status: dict[str, int] = {}
+        for status, _, n in rows:
+            by_status[status] = by_status.get(status, 0) + n
+        raise ConfigError(
+            f"nothing to rerun: no chunk of run {parent} matches (it has "
+            f"{_counts(by_status)}); --status succeeded re-asks succeeded chunks"
+        )
+
+
+def _counts(tally: dict[str, int]) -> str:
+    """``no_route (2), timeout (1)``, or ``none``."""
+    return ", ".join(f"{k} ({n})" for k, n in tally.items()) or "none"
 
 
 def check_rerun(store: Store, parent: RunRecord, versions: Versions, *, force: bool) -> None:

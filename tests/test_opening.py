@@ -19,7 +19,7 @@ from pipeline.run import Run
 from pipeline.store import RunRecord, Store
 from schemas import get_schema
 from tests.conftest import sample_config_data, write_config
-from tests.test_store import run_record
+from tests.test_store import result, run_record
 
 
 def _record(cfg: Any, run_id: str, status: str, **fields: Any) -> RunRecord:
@@ -48,6 +48,7 @@ def test_each_kind_is_decided_from_the_arguments_and_the_root(tmp_path: Path) ->
     assert not (tmp_path / "out").exists(), "deciding wrote nothing"
 
     store.write_run(_record(cfg, "p1", "completed_with_failures", family_id="p1"))
+    store.write_results("p1", [result(0, "p1", status="failed")])
     rerun = decide(store, cfg, Request(parent_run_id="p1", reasons=("no_route",)))
     assert (rerun.kind, rerun.parent_run_id, rerun.family_id, rerun.flow) == (
         "rerun",
@@ -107,3 +108,26 @@ def test_a_run_created_between_the_decision_and_the_lock_is_not_opened_twice(
     store.write_run(_record(cfg, "r1", "succeeded", updated_at=time.time() + 1))
     with pytest.raises(ConfigError, match="already finished"):
         resume.confirm(store)
+
+
+def test_a_rerun_filter_that_matches_nothing_names_what_the_run_has(tmp_path: Path) -> None:
+    """A typo in ``--reason`` used to make an empty child run."""
+    cfg = load_config(write_config(tmp_path, sample_config_data()))
+    store = Store(cfg.output.root)
+    store.write_run(_record(cfg, "p1", "completed_with_failures", family_id="p1"))
+    store.write_results("p1", [result(0, "p1", status="failed"), result(1, "p1"), result(2, "p1")])
+    with pytest.raises(ConfigError) as bad:
+        decide(store, cfg, Request(parent_run_id="p1", reasons=("no_rout",)))
+    assert str(bad.value) == (
+        "--reason 'no_rout': no failed/skipped chunk of run p1 has that reason; "
+        "its reasons: no_route (1)"
+    )
+    with pytest.raises(ConfigError, match=r"--provider 'mistrl': run p1 sent no chunk"):
+        decide(store, cfg, Request(parent_run_id="p1", providers=("mistrl",)))
+    with pytest.raises(ConfigError) as nothing:
+        decide(store, cfg, Request(parent_run_id="p1", statuses=("skipped",)))
+    assert "nothing to rerun: no chunk of run p1 matches (it has succeeded (2), failed (1))" in (
+        str(nothing.value)
+    )
+    assert not (tmp_path / "out" / "runs" / "p2").exists()
+    assert decide(store, cfg, Request(parent_run_id="p1")).kind == "rerun"
