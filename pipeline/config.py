@@ -100,7 +100,7 @@ def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) ->
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(path, exc)) from None
+        raise ConfigError(format_validation_error(path, exc, data, overrides)) from None
     return _resolve_paths(cfg, path.resolve().parent)
 
 
@@ -168,27 +168,79 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     return cfg.model_copy(update={"corpus": corpus, "output": output})
 
 
-def format_validation_error(path: Path, exc: ValidationError) -> str:
-    """One line per problem: where (``providers[1].region``), what was given, what was expected."""
-    lines = [f"{path} is not a valid docroute config ({exc.error_count()} problem(s)):"]
+def format_validation_error(
+    path: Path,
+    exc: ValidationError,
+    data: Any = None,
+    overrides: dict[str, Any] | None = None,
+) -> str:
+    """One line per problem: where (``providers[mistral-eu].kind``: list items by their
+    ``name`` when they have one, given ``data``), what was given, what was expected. A
+    problem in a value an override set names the override (``--set KEY=VALUE``), not the
+    file."""
+    lines = []
+    from_overrides = 0
     for err in exc.errors():
-        where = _loc(err["loc"])
+        where = _loc(err["loc"], data)
+        given = err.get("input")
+        override = _override_of(err["loc"], data, overrides or {})
+        if override is not None and overrides:
+            from_overrides += 1
+            where = f"--set {override}={str(overrides[override])[:60]}"
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(_fields_at(err["loc"][:-1]))
             lines.append(f"  {where}: unknown field; expected one of: {allowed}")
         elif err["type"] == "missing":
             lines.append(f"  {where}: required field is missing")
+        elif isinstance(given, dict | list):  # a whole section: what is wrong says enough
+            lines.append(f"  {where}: {err['msg']}")
         else:
-            given = _short(err.get("input"))
-            lines.append(f"  {where}: {err['msg']} (got {given})")
-    return "\n".join(lines)
+            lines.append(f"  {where}: {err['msg']} (got {_short(given)})")
+    n = exc.error_count()
+    if from_overrides == n:
+        head = f"{'an override is' if n == 1 else 'overrides are'} not valid for {path}:"
+    else:
+        head = f"{path} is not a valid docroute config ({n} problem(s)):"
+    return "\n".join([head, *lines])
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
+def _loc(loc: tuple[Any, ...], data: Any = None) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            name = _item_name(data, part)
+            out += f"[{name if name is not None else part}]"
+            data = data[part] if isinstance(data, list) and part < len(data) else None
+        else:
+            out += f".{part}" if out else str(part)
+            data = data.get(part) if isinstance(data, dict) else None
     return out or "(top level)"
+
+
+def _item_name(items: Any, index: int) -> str | None:
+    """The ``name`` of list item ``index`` (a provider's, a model's), if it has one."""
+    if isinstance(items, list) and index < len(items) and isinstance(items[index], dict):
+        name = items[index].get("name") or items[index].get("id")
+        return name if isinstance(name, str) else None
+    return None
+
+
+def _override_of(loc: tuple[Any, ...], data: Any, overrides: dict[str, Any]) -> str | None:
+    """The override key (as given) that set the value at ``loc``, if one did."""
+    keys: list[set[str]] = []  # each step of ``loc`` as an override may spell it
+    for part in loc:
+        if isinstance(part, int):
+            name = _item_name(data, part)
+            keys.append({str(part), name} if name else {str(part)})
+            data = data[part] if isinstance(data, list) and part < len(data) else None
+        else:
+            keys.append({str(part)})
+            data = data.get(part) if isinstance(data, dict) else None
+    for dotted in overrides:
+        parts = dotted.split(".")
+        if len(parts) <= len(keys) and all(p in k for p, k in zip(parts, keys, strict=False)):
+            return dotted
+    return None
 
 
 def _short(value: Any) -> str:

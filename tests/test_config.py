@@ -45,8 +45,29 @@ def test_wrong_type_names_field_value_and_expectation(tmp_path: Path) -> None:
         load_config(_write(tmp_path, data))
     text = str(info.value)
     assert "budget.run_usd: Input should be a valid number" in text and "'lots'" in text
-    assert "providers[1].region: String should match pattern" in text and "'EU West!'" in text
-    assert "2 problem(s)" in text
+    name = data["providers"][1]["name"]
+    assert f"providers[{name}].region: String should match pattern" in text, "by its name"
+    assert "'EU West!'" in text and "2 problem(s)" in text
+
+
+def test_a_bad_override_is_named_as_given_not_as_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, sample_config_data())
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides={"task.max_output_tokens": "abc"})
+    assert str(info.value) == (
+        f"an override is not valid for {path}:\n"
+        "  --set task.max_output_tokens=abc: Input should be a valid integer, unable to "
+        "parse string as an integer (got 'abc')"
+    )
+
+
+def test_a_whole_section_in_error_is_not_dumped(tmp_path: Path) -> None:
+    data = sample_config_data()
+    data["routing"]["mode"] = "auto"  # needs a deadline: an error of the whole config
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, data))
+    assert "routing.mode auto needs a deadline" in str(info.value)
+    assert "{" not in str(info.value), "no section printed as a mapping"
 
 
 def test_missing_required_section(tmp_path: Path) -> None:
