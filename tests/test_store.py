@@ -443,6 +443,11 @@ def test_query_cannot_read_outside_the_root(filled: Store, tmp_path: Path) -> No
     ):
         with pytest.raises(ReadOnlyQueryError, match=r"can only read .* files under .*refused"):
             filled.query(sql)
+    with pytest.raises(ReadOnlyQueryError) as refused:
+        filled.query("SELECT * FROM glob('/etc/*')")
+    assert "(runs, documents, chunks, results, ledger, prices, answers, effective_results)" in (
+        str(refused.value)
+    ), "every table a user may read is named"
     # The sandbox belongs to that query only: trusted reads and refreshes still work.
     assert filled.read(f"SELECT * FROM read_parquet('{outside}')").rows == [("s3cr3t",)]
     filled.refresh_catalog()
@@ -542,7 +547,7 @@ def test_render_table_aligns_and_shortens() -> None:
         "---------+-------+-----------------------------------------",
         "openai   |   1.5 | NULL",
         "mistral  | 12.25 | line1⏎line2 " + "x" * 27 + "…",
-        "(2 rows)",
+        "(2 rows; 1 value cut at 40 characters (…): --format csv or json shows them whole)",
     ]
     assert render(QueryResult(["a"], []), "table") == "a\n-\n(0 rows)"
 

@@ -346,7 +346,8 @@ def user_error(exc: duckdb.Error, root: Path | str) -> QueryError:
     text = str(exc)
     if isinstance(exc, duckdb.PermissionException):
         return ReadOnlyQueryError(
-            f"docroute sql can only read the tables ({', '.join(TABLES)}) and files under "
+            f"docroute sql can only read the tables ({', '.join((*TABLES, *DERIVED))}) and "
+            "files under "
             f"{root}/; refused: {text}"
         )
     if "read-only mode" in text or "configuration has been locked" in text:

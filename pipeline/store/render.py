@@ -10,8 +10,9 @@
     (2 rows)
 
 Table cells are one line each (newlines shown as ``⏎``) and at most ``max_width``
-characters, shortened with ``…``. CSV and JSON carry full values: timestamps and dates
-as ISO 8601, decimals as numbers, bytes as base64; in JSON, NaN and infinities are null.
+characters, shortened with ``…``; the row count line says how many values were cut. CSV
+and JSON carry full values: timestamps and dates as ISO 8601, decimals as numbers, bytes
+as base64; in JSON, NaN and infinities are null.
 """
 
 from __future__ import annotations
@@ -46,13 +47,21 @@ def render(result: QueryResult, fmt: Format, *, max_width: int = 40) -> str:
 def render_table(result: QueryResult, *, max_width: int = 40) -> str:
     """Columns padded to a common width, numbers right-aligned, a rule under the header."""
     header = [_shorten(c, max_width) for c in result.columns]
-    cells = [[_shorten(_cell_text(v), max_width) for v in row] for row in result.rows]
+    texts = [[_cell_text(v) for v in row] for row in result.rows]
+    cut = sum(len(t) > max_width for row in texts for t in row)
+    cells = [[_shorten(t, max_width) for t in row] for row in texts]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
     numeric = [_is_numeric_column(result.rows, i) for i in range(len(header))]
     lines = [_line(header, widths, numeric), "-+-".join("-" * w for w in widths)]
     lines += [_line(row, widths, numeric) for row in cells]
     n = len(result.rows)
-    lines.append(f"({n} row{'' if n == 1 else 's'})")
+    note = (
+        f"; {cut} value{'' if cut == 1 else 's'} cut at {max_width} characters (…): "
+        "--format csv or json shows them whole"
+        if cut
+        else ""
+    )
+    lines.append(f"({n} row{'' if n == 1 else 's'}{note})")
     return "\n".join(line.rstrip() for line in lines)
 
 
