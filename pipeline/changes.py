@@ -2,23 +2,23 @@
 
     before = last_night(store, cfg)                # the latest full nightly run, or None
     rows = deleted_rows(store, before, run_id)     # its documents run_id did not read
-    paths = corpus_paths(store, before.run_id)     # the corpus as it was then
-    tally = Changes(before.run_id)                 # ``docroute plan``'s counts
-    tally.document(path, sent=True, before=paths)  # one of tonight's documents
-    tally.finish(paths, tonight)                   # and the deleted ones
+    tally = Changes.against(store, before)         # ``docroute plan``'s counts
+    tally.document(path); tally.chunk(key)         # tonight's corpus, as it is read
+    tally.finish()                                 # tally.new, .changed, .unchanged, .deleted
 
 "Last night" is the latest nightly run from scratch on the root over the same corpus and
 schema whose corpus was read to the end (``succeeded`` or ``completed_with_failures``):
 its ``documents`` rows are the corpus as it was then. A document is *new* when its path
-was not there, *unchanged* when every chunk of it reuses an answer (nothing to send),
-*changed* otherwise; a path that was there and is gone tonight is *deleted*. A run records
+was not there, *unchanged* when its chunks' idempotency keys are the ones it had then,
+*changed* otherwise; a path that was there and is gone tonight is *deleted*. (What a run
+sends is decided by reuse, not by this: an unchanged document whose answer cannot be
+reused, e.g. one that failed last night, is still sent.) A run records
 its deleted documents in the ``documents`` table (``status = 'deleted'``) when it has read
 the whole corpus, so a document that vanished is visible in SQL, not only by its absence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pipeline.config import Config
@@ -80,9 +80,27 @@ def deleted_rows(store: Store, before: RunRecord, run_id: str) -> list[DocumentR
     ]
 
 
+def chunk_keys(store: Store, run_id: str) -> dict[str, set[str]]:
+    """Each document path of run ``run_id`` → the idempotency keys of its chunks."""
+    keys: dict[str, set[str]] = {}
+    rows = store.read(
+        "SELECT path, idem_key FROM results WHERE run_id = ? AND idem_key IS NOT NULL", [run_id]
+    ).rows
+    for path, key in rows:
+        keys.setdefault(path, set()).add(key)
+    for path in corpus_paths(store, run_id):
+        keys.setdefault(path, set())  # a document with no chunk (unreadable, empty)
+    return keys
+
+
 @dataclass(slots=True)
 class Changes:
-    """``docroute plan``'s tally of documents against last night's run."""
+    """``docroute plan``'s tally of tonight's documents against last night's run: fed the
+    corpus as it is read (``document``, then its chunks' keys), then ``finish``.
+
+    A document is unchanged when its chunks' keys are last night's (same text, schema,
+    prompt and model policy), whether or not their answers can be reused.
+    """
 
     since_run_id: str | None = None
     """The run compared with (``None``: no earlier full run; every document is new)."""
@@ -92,21 +110,55 @@ class Changes:
     deleted: int = 0
     deleted_paths: list[str] = field(default_factory=list)
     """The first ``SHOWN`` deleted paths, sorted."""
+    _before: dict[str, set[str]] = field(default_factory=dict, repr=False)
+    _path: str | None = field(default=None, repr=False)
+    _keys: set[str] = field(default_factory=set, repr=False)
+    _seen: set[str] = field(default_factory=set, repr=False)
 
-    def document(self, path: str, *, sent: bool, before: set[str]) -> None:
-        """Count one of tonight's documents: ``sent`` when a chunk of it will be sent."""
-        if path not in before:
-            self.new += 1
-        elif sent:
-            self.changed += 1
-        else:
-            self.unchanged += 1
+    @classmethod
+    def against(cls, store: Store, before: RunRecord | None) -> Changes:
+        """A tally against ``before`` (``last_night``), or against nothing."""
+        if before is None:
+            return cls()
+        return cls(since_run_id=before.run_id, _before=chunk_keys(store, before.run_id))
 
-    def finish(self, before: set[str], tonight: Iterable[str]) -> None:
-        """Count the documents of ``before`` that are not in ``tonight``."""
-        gone = sorted(before - set(tonight))
+    def document(self, path: str) -> None:
+        """The next document of tonight's corpus starts."""
+        self._count()
+        self._path, self._keys = path, set()
+        self._seen.add(path)
+
+    def chunk(self, key: str) -> None:
+        """A chunk of the current document, by idempotency key."""
+        self._keys.add(key)
+
+    def finish(self) -> None:
+        """The corpus has been read: count the last document and the deleted ones."""
+        self._count()
+        gone = sorted(set(self._before) - self._seen)
         self.deleted = len(gone)
         self.deleted_paths = gone[:SHOWN]
 
+    def _count(self) -> None:
+        if self._path is None:
+            return
+        if self._path not in self._before:
+            self.new += 1
+        elif self._keys == self._before[self._path]:
+            self.unchanged += 1
+        else:
+            self.changed += 1
+        self._path = None
 
-__all__ = ["SHOWN", "Changes", "corpus_paths", "deleted_rows", "last_night"]
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "since_run_id": self.since_run_id,
+            "new": self.new,
+            "changed": self.changed,
+            "unchanged": self.unchanged,
+            "deleted": self.deleted,
+            "deleted_paths": self.deleted_paths,
+        }
+
+
+__all__ = ["SHOWN", "Changes", "chunk_keys", "corpus_paths", "deleted_rows", "last_night"]

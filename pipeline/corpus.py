@@ -51,12 +51,16 @@ def read_corpus(
 ) -> Iterator[Chunk | DocumentRow]:
     """Documents of ``cfg.corpus``, one at a time: each one's row, then its chunks.
 
-    With ``announce``, regions the residency config names but no endpoint serves are
+    With ``announce``, regions the residency config names but no endpoint serves, and
+    path rules that match no document (one walk of the file names, nothing read), are
     logged first, at the call (a caller that shows them itself passes False).
     """
     reader = _Reader(cfg, run_id, counter, residency or Residency.from_config(cfg.corpus))
     if announce:
-        for line in reader.residency.unserved(p.region for p in cfg.providers):
+        c = cfg.corpus
+        paths = (doc.path for doc in discover(c.path, c.include, c.exclude))  # names only
+        lines = reader.residency.unserved(p.region for p in cfg.providers)
+        for line in lines + reader.residency.unmatched(paths):
             log.warning("residency: %s", line)
     return reader.items()
 

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.changes import Changes, corpus_paths, last_night
+from pipeline.changes import Changes, last_night
 from pipeline.config import Config
 from pipeline.corpus import read_corpus
 from pipeline.family import ReuseIndex, ReuseScope, Versions
@@ -124,6 +124,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["changes"] = self.changes.to_dict()
         out["budget_covered"] = self.budget_covered
         out["basis"]["describe"] = self.basis.describe()
         return out
@@ -157,25 +158,21 @@ def make_plan(
     blocked: dict[str, Unroutable] = {}
     counter = get_counter(cfg.chunking.counter)
     reuse, before = _reuse(cfg, schema)
-    plan.changes.since_run_id = before.run_id if before else None
-    before_paths = corpus_paths(reuse.store, before.run_id) if before else set()
-    tonight: list[str] = []
-    sent = False  # whether a chunk of the current document will be sent
+    plan.changes = Changes.against(reuse.store, before)
+    paths: list[str] = []
     items = read_corpus(cfg, run_id="plan", counter=counter, residency=residency, announce=False)
     for item in items:
         if isinstance(item, DocumentRow):
-            if tonight:
-                plan.changes.document(tonight[-1], sent=sent, before=before_paths)
-            tonight.append(item.path)
-            sent = False
+            paths.append(item.path)
+            plan.changes.document(item.path)
             _count_document(plan, item)
             continue
         plan.chunks += 1
         key = reuse.versions.key(item.text)
+        plan.changes.chunk(key)
         if reuse.index.reusable(key, item.regions):
             plan.reused_chunks += 1  # answered already: the run sends and pays nothing
             continue
-        sent = True
         prompt = estimator.prompt_tokens(item)
         max_out = cfg.task.max_output_tokens
         found = router.candidates(
@@ -191,9 +188,8 @@ def make_plan(
         estimator.add(line, first, prompt)
         estimator.add(plan.total, first, prompt)
         batch_usd += estimator.batch_cost(found, prompt, strategy.name == "ordered")
-    if tonight:
-        plan.changes.document(tonight[-1], sent=sent, before=before_paths)
-    plan.changes.finish(before_paths, tonight)
+    plan.changes.finish()
+    plan.warnings += residency.unmatched(paths)
     plan.by_mode = _by_mode(cfg, plan.total.cost_usd, batch_usd)
     plan.endpoints = sorted(lines.values(), key=lambda x: -x.cost_usd)
     plan.unroutable = list(blocked.values())

@@ -224,6 +224,25 @@ def test_regions_no_endpoint_serves_are_warned_of_at_start(
     assert "region 'mars' (metadata of a.md) is served by no" in caplog.text
 
 
+def test_a_path_rule_that_matches_no_document_is_warned_of_at_start_and_in_the_plan(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.plan import make_plan
+
+    corpus = _corpus(tmp_path, {"eu/a.md": "A.\n", "us/b.md": "B.\n"})
+    rules = [{"match": "EU/**", "regions": ["eu"]}, {"match": "us/**", "regions": ["us"]}]
+    config = _config(tmp_path, corpus, residency=rules)
+    want = (
+        "corpus.residency[0] (EU/**) matches none of the corpus's 2 document(s): check its "
+        "glob (paths are relative to corpus.path)"
+    )
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        read_corpus(load_config(config), run_id="t", counter=get_counter("chars"))
+    assert want in caplog.text, "before any document is read"
+    assert "corpus.residency[1]" not in caplog.text
+    assert want in make_plan(load_config(config)).warnings
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_front_matter_eu_is_never_sent_to_the_us_even_when_globs_allow_it(
     tmp_path: Path, sim_env: Any

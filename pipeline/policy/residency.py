@@ -145,6 +145,24 @@ class Residency:
         found: Metadata = self._last[1]
         return found
 
+    def unmatched(self, paths: Iterable[str]) -> list[str]:
+        """Sentences about each path rule of ``corpus.residency`` that matches none of
+        ``paths`` (the corpus's documents): a glob with a typo decides nothing, and the
+        documents it was meant for fall through to later rules or the default."""
+        left = dict(enumerate(self.rules))
+        count = 0
+        for path in paths:
+            count += 1
+            for i in [i for i, (pattern, _) in left.items() if glob_match(pattern, path)]:
+                del left[i]
+            if not left:
+                return []
+        return [
+            f"corpus.residency[{i}] ({pattern}) matches none of the corpus's {count} "
+            "document(s): check its glob (paths are relative to corpus.path)"
+            for i, (pattern, _) in left.items()
+        ]
+
     def unserved(self, served: Iterable[str]) -> list[str]:
         """Sentences about each rule (glob, default, manifest entries) whose every allowed
         region no endpoint serves: its documents will fail with ``no_route``.
