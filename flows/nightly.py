@@ -50,20 +50,24 @@ PROGRESS_EVERY_S = 5.0
 async def process_batch(run: Run, batch: Batch) -> dict[str, int]:
     """Dispatch one batch of chunks and commit its Parquet parts."""
     logger = get_run_logger()
-    ticker = asyncio.create_task(_tick(run, logger))
     try:
         outcome = await run.process_batch(batch)
     except StageError:
         raise  # names its stage: dispatch or store
     except Exception as exc:
         raise StageError("dispatch", batch.batch_id, exc) from exc
-    finally:
-        ticker.cancel()
-    logger.info("%s done · %s", batch.batch_id.rsplit("/", 1)[-1], run.progress.line())
-    return outcome.counts()
+    counts = outcome.counts()
+    # the batch's own figures; the run's progress is the flow's one line per tick
+    logger.info(
+        "%s done · %s",
+        batch.batch_id.rsplit("/", 1)[-1],
+        " · ".join(f"{n} {what}" for what, n in counts.items()),
+    )
+    return counts
 
 
 async def _tick(run: Run, logger: Any) -> None:
+    """The run's progress, one line every ``PROGRESS_EVERY_S`` (whatever is in flight)."""
     while True:
         await asyncio.sleep(PROGRESS_EVERY_S)
         logger.info("… %s", run.progress.line())
@@ -77,7 +81,12 @@ async def _drive(run: Run, batches: Iterable[Batch]) -> dict[str, Any]:
         # quote: Prefect must not walk a batch's chunks looking for futures
         return await process_batch(quote(run), quote(batch))  # type: ignore[call-overload]
 
-    await drive(batches, one, run.parallel)
+    run.progress.begin()
+    ticker = asyncio.create_task(_tick(run, logger))
+    try:
+        await drive(batches, one, run.parallel)
+    finally:
+        ticker.cancel()
     summary = run.summary()
     summary["seconds"] = round(time.monotonic() - started, 2)
     await acreate_markdown_artifact(

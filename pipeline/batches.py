@@ -65,17 +65,20 @@ class BatchCommitter:
         chunks: list[Chunk] = []
         docs: list[DocumentRow] = []
         prior = self.prior
+        seen = 0
         for item in items:
             if isinstance(item, DocumentRow):
                 if item.doc_id not in prior.documents:  # a resumed run stored it already
                     docs.append(item)
                 continue
+            seen += 1
             if item.chunk_id in prior.done:  # committed by an earlier attempt of this run
                 continue
             chunks.append(item)
             if len(chunks) >= size:
                 yield self._batch(chunks, docs)
                 chunks, docs = [], []
+        self.progress.total = seen  # the whole stream is read: the run's total is known
         if chunks or docs:
             yield self._batch(chunks, docs)
 
