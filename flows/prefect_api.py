@@ -26,13 +26,32 @@ from contextlib import contextmanager, suppress
 from typing import IO
 
 import prefect
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
 from pipeline.errors import DocrouteError
 from pipeline.orphans import bound_to_parent
 
 #: A busy 2-core machine took 34-52 s to start Prefect's server (Prefect's own limit: 20 s).
 STARTUP_TIMEOUT_S = 120.0
+#: The environment variable that changes it.
+STARTUP_TIMEOUT_ENV = "DOCROUTE_PREFECT_STARTUP_S"
+
+
+def startup_timeout_s() -> float:
+    """How long to wait for the local Prefect server: ``$DOCROUTE_PREFECT_STARTUP_S``, or
+    ``STARTUP_TIMEOUT_S``."""
+    text = os.environ.get(STARTUP_TIMEOUT_ENV, "").strip()
+    if not text:
+        return STARTUP_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise DocrouteError(f"{STARTUP_TIMEOUT_ENV}={text!r}: expected seconds, e.g. 300")
+    return value
+
+
 #: How long Prefect's log and event workers may take to deliver what they hold at the end.
 DRAIN_TIMEOUT_S = 10.0
 
@@ -44,9 +63,17 @@ def prefect_api() -> Iterator[str]:
     if configured:
         yield configured
         return
+    print(
+        f"docroute: starting a temporary Prefect API server on 127.0.0.1 (up to "
+        f"{startup_timeout_s():g} s; PREFECT_API_URL uses a running one) …",
+        file=sys.stderr,
+        flush=True,
+    )
     server = LocalServer.start()
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
+        # No UI on this temporary server (it ends with the command): no "View at" link to
+        # a page that would not be there (``docroute serve`` serves the UI)
+        with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_UI_URL: ""}):
             try:
                 yield server.api_url
             finally:
@@ -75,6 +102,11 @@ class LocalServer:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
+    @property
+    def ui_url(self) -> str:
+        """Where the Prefect UI is, when the server was started with ``ui``."""
+        return f"http://127.0.0.1:{self.port}"
+
     @classmethod
     def start(
         cls,
@@ -82,11 +114,12 @@ class LocalServer:
         *,
         ui: bool = False,
         services: bool = False,
-        timeout_s: float = STARTUP_TIMEOUT_S,
+        timeout_s: float | None = None,
     ) -> LocalServer:
         """Start the server and return once its API answers. ``services`` runs Prefect's
         loop services too (the scheduler: needed to fire schedules); ``ui`` serves the UI."""
         port = port or _free_port()
+        timeout_s = startup_timeout_s() if timeout_s is None else timeout_s
         env = os.environ | {
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "true" if ui else "false",
@@ -134,9 +167,11 @@ class LocalServer:
             time.sleep(0.25)
         tail = server.output_tail()
         server.stop()
+        last = tail.splitlines()[-1] if tail else ""  # one line, not a traceback
         raise DocrouteError(
             f"Prefect's API server did not answer on 127.0.0.1:{port} within {timeout_s:g} s"
-            f"{': ' + tail if tail else ''} (or set PREFECT_API_URL to a running server)"
+            f"{' (' + last[:200] + ')' if last else ''}: a busy machine may need longer, "
+            f"set {STARTUP_TIMEOUT_ENV}=300, or PREFECT_API_URL to a running server"
         )
 
     def stop(self, timeout_s: float = 15.0) -> None:

@@ -106,6 +106,10 @@ def test_serve_starts_a_local_server_and_its_schedule_fires(tmp_path: Path) -> N
                 break
         assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
         assert deployment is not None, "serve did not register the deployment"
+        # the Prefect UI is served where serve said it is
+        assert f"Prefect UI  http://127.0.0.1:{port}" in (tmp_path / "serve.log").read_text()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+            assert page.status == 200 and "<html" in page.read().decode().lower()
         assert deployment["schedules"][0]["schedule"]["cron"] == "* * * * *"
         store = Store(tmp_path / "out")
         runs = store.read("SELECT flow, status, chunks FROM runs").rows
@@ -123,3 +127,20 @@ def test_serve_starts_a_local_server_and_its_schedule_fires(tmp_path: Path) -> N
     # serve stops the server it started
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+
+
+def test_a_prefect_server_that_does_not_start_in_time_is_one_line_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.prefect_api import LocalServer
+    from pipeline.errors import DocrouteError
+
+    monkeypatch.setenv("DOCROUTE_PREFECT_STARTUP_S", "0.01")
+    with pytest.raises(DocrouteError) as info:
+        LocalServer.start()
+    text = str(info.value)
+    assert "\n" not in text and "within 0.01 s" in text
+    assert "set DOCROUTE_PREFECT_STARTUP_S=300, or PREFECT_API_URL" in text
+    monkeypatch.setenv("DOCROUTE_PREFECT_STARTUP_S", "soon")
+    with pytest.raises(DocrouteError, match="expected seconds"):
+        LocalServer.start()
