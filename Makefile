@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test test-real lint tokenizers clean
+.PHONY: run test test-real lint tokenizers chromium clean
 
 # tiktoken's BPE files (o200k_base, cl100k_base), taken from the litellm wheel on PyPI at
 # set-up so nothing is downloaded at run time (litellm itself is not installed).
@@ -23,12 +23,17 @@ $(TOKENIZER): | $(STAMP)
 
 tokenizers: $(TOKENIZER)
 
+# Debian's chromium, for the report's headless-browser test (tests/test_report.py); installed
+# once by .ci/chromium.sh (apt-get, as root), a no-op when `chromium` is on PATH.
+chromium:
+	bash .ci/chromium.sh
+
 ## make run: set up, then run the nightly batch on the sample corpus (simulated providers)
 run: $(STAMP) $(TOKENIZER)
 	$(BIN)/docroute run --config examples/docroute.yaml
 
 ## make test: set up, then lint and run the whole test suite
-test: $(STAMP) $(TOKENIZER) lint
+test: $(STAMP) $(TOKENIZER) chromium lint
 	$(BIN)/pytest
 
 ## make test-real: build llama.cpp's llama-server and llama-cpp-python once (cached outside the

@@ -9,6 +9,7 @@
     docroute runs     [--format table|csv|json]
     docroute sql      "SELECT provider, sum(cost_usd) FROM ledger GROUP BY 1"
     docroute audit    RUN_ID                  # check a run's promises from its data
+    docroute report   RUN_ID [--out FILE]     # the run's charts, one offline HTML file
     docroute compact  [RUN_ID]                # merge small Parquet parts
     docroute recover                          # record what killed runs journaled
     docroute serve    [--cron "0 2 * * *"]
@@ -89,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         _plan_command,
         _rerun_command,
         _audit_command,
+        _report_command,
         _compact_command,
         _recover_command,
         _runs_command,
@@ -274,6 +276,34 @@ def _rerun_command(sub: _Commands) -> None:
     )
     rerun.add_argument(
         "--simulate", action="store_true", help="use the simulator for every provider"
+    )
+
+
+def _report_command(sub: _Commands) -> None:
+    report = _command(
+        sub,
+        "report",
+        "write a run's report: one HTML file with charts that opens offline",
+        [
+            "docroute report 20260101-020000-abcdef",
+            "docroute report 20260101-020000-abcdef --out /tmp/night.html",
+        ],
+        "Spend by endpoint and region, outcomes and failure reasons, latency, quota use "
+        "against the config's RPM/TPM, budget burn-down, the most expensive documents and "
+        "the root's recent nights. Every run also writes its own into <root>/reports/.",
+    )
+    report.add_argument("run_id", metavar="RUN_ID", help="the run to report on")
+    _config_arg(report)
+    report.add_argument(
+        "--root",
+        type=_root_arg,
+        help="output root, a folder or a URI like s3://bucket/prefix "
+        "(default: the config's, else ./docroute-output)",
+    )
+    report.add_argument(
+        "--out",
+        type=Path,
+        help="where to write the HTML file (default: ./report-RUN_ID.html)",
     )
 
 

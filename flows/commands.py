@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from flows.summary import DEFAULT_ROOT, format_summary
-from pipeline.config import load_config
+from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError
 from pipeline.store import Store
 from pipeline.store.journal import recover
@@ -49,13 +49,22 @@ def _config_path(given: Path | None) -> Path:
 def _root(args: argparse.Namespace) -> Path | str:
     if args.root is not None:
         return args.root
-    if (
+    if _has_config(args):
+        return _config(args).output.root
+    return DEFAULT_ROOT
+
+
+def _has_config(args: argparse.Namespace) -> bool:
+    """Whether a read command has a config to take defaults from (it needs none)."""
+    return bool(
         args.config is not None
         or os.environ.get("DOCROUTE_CONFIG")
         or Path("docroute.yaml").exists()
-    ):
-        return load_config(_config_path(args.config)).output.root
-    return DEFAULT_ROOT
+    )
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(_config_path(args.config))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -226,6 +235,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     else:
         _out(report.text())
     return 0 if report.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import ReportError, limits_from_config, write_report
+
+    limits = limits_from_config(_config(args)) if _has_config(args) else {}
+    out = args.out or Path(f"report-{args.run_id}.html")
+    try:
+        path = write_report(_store(args), args.run_id, out, limits=limits)
+    except ReportError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"report: {path.resolve()} (one file; opens offline)")
+    return 0
 
 
 def cmd_compact(args: argparse.Namespace) -> int:

@@ -24,10 +24,15 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import acreate_markdown_artifact
+from prefect.artifacts import (
+    acreate_link_artifact,
+    acreate_markdown_artifact,
+    acreate_table_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as current_flow_run
 from prefect.utilities.annotations import quote
@@ -41,6 +46,7 @@ from pipeline.providers.structured import enforcement_warnings
 from pipeline.run import Run
 from pipeline.secrets import install_log_scrubber
 from pipeline.store import Store
+from pipeline.summary import endpoint_table
 
 #: Seconds between progress lines while a batch is in flight.
 PROGRESS_EVERY_S = 5.0
@@ -89,11 +95,10 @@ async def _drive(run: Run, batches: Iterable[Batch]) -> dict[str, Any]:
         ticker.cancel()
     summary = run.summary()
     summary["seconds"] = round(time.monotonic() - started, 2)
-    await acreate_markdown_artifact(
-        key="docroute-run-summary",
-        markdown=summary_markdown(summary),
-        description=f"docroute run {run.run_id}",
-    )
+    report = _write_report(run)
+    if report is not None:
+        summary["report"] = str(report)
+    await _publish(run, summary, report)
     logger.info("run %s finished · %s", run.run_id, run.progress.line())
     return summary
 
@@ -186,6 +191,48 @@ async def _execute(cfg: Config, opening: Opening, simulate: bool) -> dict[str, A
             _announce(run)
             summary = await _drive(run, run.batches())
     return summary | {"status": _status(summary)}
+
+
+def _write_report(run: Run) -> Path | None:
+    """The run's HTML report (``pipeline.report``) in ``<root>/reports/``, or in the local
+    state folder for an object-store root; ``None`` when switched off or it failed (a
+    report is for people: the run's data is complete without it)."""
+    if not run.cfg.output.report:
+        return None
+    from pipeline.report import limits_from_config, write_report
+
+    folder = run.store.root if isinstance(run.store.root, Path) else run.store.state_dir
+    try:
+        return write_report(
+            run.store,
+            run.run_id,
+            folder / "reports" / f"{run.run_id}.html",
+            limits=limits_from_config(run.cfg),
+        )
+    except Exception as exc:  # any failure of a chart stays a warning
+        get_run_logger().warning("run %s: no report (%s: %s)", run.run_id, type(exc).__name__, exc)
+        return None
+
+
+async def _publish(run: Run, summary: dict[str, Any], report: Path | None) -> None:
+    """The flow run's artifacts: the summary (markdown), a table per endpoint, and a link
+    to the report."""
+    what = f"docroute run {run.run_id}"
+    await acreate_markdown_artifact(
+        key="docroute-run-summary", markdown=summary_markdown(summary), description=what
+    )
+    rows = endpoint_table(run.store, run.run_id)
+    if rows:
+        await acreate_table_artifact(
+            key="docroute-endpoints", table=rows, description=f"{what}: attempts per endpoint"
+        )
+    if report is not None:
+        await acreate_link_artifact(
+            key="docroute-run-report",
+            link=report.resolve().as_uri(),
+            link_text=f"report of run {run.run_id}",
+            description=f"{what}: charts (one HTML file, opens offline)",
+        )
 
 
 @contextmanager

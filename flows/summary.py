@@ -64,6 +64,8 @@ def format_summary(s: dict[str, Any], config: Path) -> str:
             else f" --root {s['output_root']}"
         ),
     ]
+    if s.get("report"):
+        lines.append(f"  report     {s['report']}")
     lines += [f"  advice     {a}" for a in s.get("advice", [])]
     if s["failed"] or s["skipped"]:
         lines.append(f"  rerun      docroute rerun {s['run_id']} --config {config}")

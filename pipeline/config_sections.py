@@ -446,6 +446,10 @@ class OutputConfig(ConfigModel):
     object-store URI (``s3://bucket/prefix``, ``gs://bucket/prefix``, ``file:///abs/path``;
     pyarrow query parameters such as ``?region=…`` or ``?endpoint_override=…`` allowed).
     Credentials come from the environment (``AWS_ACCESS_KEY_ID`` …), never from here."""
+    report: bool = True
+    """Write each run's HTML report (``docroute report``) to ``<root>/reports/RUN_ID.html``
+    at its end (for an object-store root, to the local state folder), and link it from the
+    flow run's artifacts."""
 
     @field_validator("root", mode="before")
     @classmethod

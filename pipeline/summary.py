@@ -126,3 +126,18 @@ def advice(cfg: Config, run_id: str, reasons: dict[str, int]) -> list[str]:
 
 
 __all__ = ["DISABLED", "advice", "disabled", "summarize"]
+
+
+def endpoint_table(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """One row per endpoint the run called: attempts, answers, 429s, latency, cost (the
+    flow run's table artifact)."""
+    rows = store.read(
+        "SELECT provider, model, region, count(*) AS attempts, "
+        "count(*) FILTER (WHERE outcome = 'ok') AS ok, "
+        "count(*) FILTER (WHERE http_status = 429) AS http_429, "
+        "round(quantile_cont(latency_ms, 0.5) FILTER (WHERE mode = 'sync')) AS p50_ms, "
+        "round(sum(cost_usd), 6) AS cost_usd FROM ledger "
+        "WHERE run_id = ? AND provider IS NOT NULL GROUP BY 1, 2, 3 ORDER BY cost_usd DESC",
+        [run_id],
+    )
+    return rows.to_dicts()
