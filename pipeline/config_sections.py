@@ -77,7 +77,13 @@ class JsonlConfig(ConfigModel):
     text_field: str = Field(default="text", min_length=1)
     """The field of each JSON-lines record that holds its text."""
     id_field: str = Field(default="id", min_length=1)
-    """The field that identifies a record (shown before its text)."""
+    """The field that identifies a record: its document's path is ``<file>#<id>``."""
+    per_record: bool = True
+    """Each usable record is its own document (``data.jsonl#<id>``, else ``#<line>``), with
+    its own row, chunks, residency from its own metadata, and results; ``false``: the whole
+    file is one document whose chunks may span records, and records that disagree on
+    residency get the intersection. Path rules and the manifest's file entries look at
+    the file's path either way."""
 
 
 DEFAULT_INCLUDE = [

@@ -9,9 +9,12 @@ plain-text files over ``pipeline.ingest.stream.STREAM_ABOVE_BYTES`` come last, s
 in blocks (their row after their chunks; one that fails or changes mid-read gets an
 error row, see ``_Reader._streamed``). A PDF or docx whose parsing runs past
 ``corpus.extract_timeout_s`` gets an error row (``timeout``) and the run goes on. Each
-document's residency is decided from its metadata, the manifest, the path rules and the
-default (``pipeline.policy.residency``), and every chunk carries the decision
-(``regions``, ``residency_rule``).
+usable record of a ``.jsonl`` file is its own document (``data.jsonl#<key>``, its offsets
+within its own text) unless ``corpus.jsonl.per_record`` is false; a file without one
+usable record gets one error row, at the file's path. Each document's residency is
+decided from its metadata, the manifest, the path rules and the default
+(``pipeline.policy.residency``), and every chunk carries the decision (``regions``,
+``residency_rule``).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from dataclasses import dataclass, field
 
 from pipeline.chunking import chunk_document, chunk_stream
 from pipeline.config import Config
-from pipeline.ingest import DocumentError, discover, extract_many
+from pipeline.ingest import DocumentError, ExtractedText, discover, extract_many
 from pipeline.ingest.frontmatter import read_front_matter
+from pipeline.ingest.jsonl import record_path
 from pipeline.ingest.stream import open_text_stream, should_stream
-from pipeline.models import Chunk, Document, DocumentStatus
+from pipeline.models import Chunk, Document, DocumentStatus, stable_id
 from pipeline.policy.residency import (
     Decision,
     Metadata,
@@ -36,7 +40,7 @@ from pipeline.policy.residency import (
 from pipeline.store import DocumentRow
 from pipeline.tokens import TokenCounter
 
-__all__ = ["read_corpus"]
+__all__ = ["read_corpus", "residency_warnings"]
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +61,18 @@ def read_corpus(
     """
     reader = _Reader(cfg, run_id, counter, residency or Residency.from_config(cfg.corpus))
     if announce:
-        c = cfg.corpus
-        paths = (doc.path for doc in discover(c.path, c.include, c.exclude))  # names only
-        lines = reader.residency.unserved(p.region for p in cfg.providers)
-        for line in lines + reader.residency.unmatched(paths):
+        for line in residency_warnings(cfg, reader.residency):
             log.warning("residency: %s", line)
     return reader.items()
+
+
+def residency_warnings(cfg: Config, residency: Residency) -> list[str]:
+    """What a run and ``plan`` warn of before reading any document: regions the residency
+    config names that no endpoint serves, and path rules that match none of the corpus's
+    files (one walk of the file names; rules match a file's path, a JSONL record's too)."""
+    c = cfg.corpus
+    paths = (doc.path for doc in discover(c.path, c.include, c.exclude))
+    return residency.unserved(p.region for p in cfg.providers) + residency.unmatched(paths)
 
 
 @dataclass
@@ -94,27 +104,52 @@ class _Reader:
         ):
             if isinstance(extracted, DocumentError):
                 yield self._row(doc, "error", reason=extracted.reason, message=extracted.message)
-                continue
-            decision = self._decide(doc, extracted.metadata)
-            chunks = list(
-                chunk_document(
-                    doc,
-                    extracted.text,
-                    max_tokens=self.cfg.chunking.max_tokens,
-                    overlap_tokens=self.cfg.chunking.overlap_tokens,
-                    counter=self.counter,
-                    regions=decision.regions,
-                    residency_rule=decision.rule,
-                    page_starts=extracted.page_starts,
-                )
-            )
-            yield self._row(
-                doc, "ok", encoding=extracted.encoding, note=extracted.note, chunks=len(chunks)
-            )
-            yield from chunks
+            elif extracted.records and c.jsonl.per_record:
+                yield from self._records(doc, extracted)
+            else:
+                yield from self._document(doc, extracted, extracted.text, extracted.metadata)
 
         for doc in large:
             yield from self._streamed(doc, max_bytes)
+
+    def _records(self, doc: Document, extracted: ExtractedText) -> Iterator[Chunk | DocumentRow]:
+        """Each record of a JSON Lines file as its own document, at ``<file>#<key>``: its
+        own id, its own metadata, offsets within its own text. The file's note (lines
+        skipped, an encoding fallback) is on every record's row: it is true of each."""
+        for record in extracted.records:
+            path = record_path(doc.path, record.key)
+            part = Document(stable_id(path), path, doc.abs_path, record.size_bytes)
+            text = extracted.text[record.start : record.end]
+            meta = () if record.metadata is None else (record.metadata,)
+            yield from self._document(part, extracted, text, meta, file=doc.path)
+
+    def _document(
+        self,
+        doc: Document,
+        extracted: ExtractedText,
+        text: str,
+        metadata: Metadata,
+        file: str | None = None,
+    ) -> Iterator[Chunk | DocumentRow]:
+        """``doc``'s row, then its chunks of ``text`` (all of ``extracted``, or one record
+        of it, in ``file``)."""
+        decision = self._decide(doc, metadata, file)
+        chunks = list(
+            chunk_document(
+                doc,
+                text,
+                max_tokens=self.cfg.chunking.max_tokens,
+                overlap_tokens=self.cfg.chunking.overlap_tokens,
+                counter=self.counter,
+                regions=decision.regions,
+                residency_rule=decision.rule,
+                page_starts=extracted.page_starts,
+            )
+        )
+        yield self._row(
+            doc, "ok", encoding=extracted.encoding, note=extracted.note, chunks=len(chunks)
+        )
+        yield from chunks
 
     def _streamed(self, doc: Document, max_bytes: int) -> Iterator[Chunk | DocumentRow]:
         """A large plain-text document's chunks, read in blocks; then its row.
@@ -161,9 +196,10 @@ class _Reader:
             return
         yield self._row(doc, "ok", encoding=stream.encoding, note=stream.note, chunks=count)
 
-    def _decide(self, doc: Document, metadata: Metadata) -> Decision:
-        """The document's residency; what its own metadata gets wrong is logged."""
-        decision = self.residency.decide(doc.path, metadata=metadata)
+    def _decide(self, doc: Document, metadata: Metadata, file: str | None = None) -> Decision:
+        """The document's residency (a record's: ``file`` is its file's path); what its own
+        metadata gets wrong is logged."""
+        decision = self.residency.decide(doc.path, metadata=metadata, file=file or doc.path)
         if decision.rule.endswith(":invalid"):
             log.warning(
                 "residency: %s: its %r metadata is not a list of regions; it is sent nowhere",

@@ -59,6 +59,8 @@ class Document:
     ``path`` is the POSIX path relative to the corpus root it was found under; it is what
     residency globs match and what users see. ``doc_id`` is a hash of that path, so the
     same file keeps its id from run to run.
+    A record of a JSON Lines file made its own document has the path ``<file>#<key>``
+    (``pipeline.ingest.jsonl``) and its file's ``abs_path``.
     """
 
     doc_id: str

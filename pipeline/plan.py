@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from pipeline.changes import Changes, last_night
 from pipeline.config import Config
-from pipeline.corpus import read_corpus
+from pipeline.corpus import read_corpus, residency_warnings
 from pipeline.family import ReuseIndex, ReuseScope, Versions
 from pipeline.models import Chunk
 from pipeline.plan_history import (
@@ -145,7 +145,7 @@ def make_plan(
         strategy=strategy.name,
         basis=past.overall,
         budget_usd=cfg.budget.run_usd if budget_usd is None else budget_usd,
-        warnings=residency.unserved(p.region for p in cfg.providers),
+        warnings=residency_warnings(cfg, residency),
         mode=cfg.routing.mode,
     )
     batch_usd = 0.0
@@ -159,11 +159,9 @@ def make_plan(
     counter = get_counter(cfg.chunking.counter)
     reuse, before = _reuse(cfg, schema)
     plan.changes = Changes.against(reuse.store, before)
-    paths: list[str] = []
     items = read_corpus(cfg, run_id="plan", counter=counter, residency=residency, announce=False)
     for item in items:
         if isinstance(item, DocumentRow):
-            paths.append(item.path)
             plan.changes.document(item.path)
             _count_document(plan, item)
             continue
@@ -189,7 +187,6 @@ def make_plan(
         estimator.add(plan.total, first, prompt)
         batch_usd += estimator.batch_cost(found, prompt, strategy.name == "ordered")
     plan.changes.finish()
-    plan.warnings += residency.unmatched(paths)
     plan.by_mode = _by_mode(cfg, plan.total.cost_usd, batch_usd)
     plan.endpoints = sorted(lines.values(), key=lambda x: -x.cost_usd)
     plan.unroutable = list(blocked.values())

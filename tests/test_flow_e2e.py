@@ -322,7 +322,7 @@ def test_every_format_flows_through_a_run_with_pages_and_jsonl_fields(
         "eu/report.pdf": "ok",
         "eu/dpa.docx": "ok",
         "eu/page.html": "ok",
-        "eu/notes.jsonl": "ok",
+        "eu/notes.jsonl#n1": "ok",  # each record its own document, named by its id_field
     }
     texts = dict(
         store.read(
@@ -330,7 +330,7 @@ def test_every_format_flows_through_a_run_with_pages_and_jsonl_fields(
         ).rows
     )
     assert "Home | About" not in texts["eu/page.html"] and "track()" not in texts["eu/page.html"]
-    assert "signed NDA" in texts["eu/notes.jsonl"] and "n1" in texts["eu/notes.jsonl"]
+    assert texts["eu/notes.jsonl#n1"] == "Vendor onboarding needs a signed NDA."
     (pages,) = store.read(
         "SELECT pages FROM chunks WHERE run_id = ? AND path = 'eu/report.pdf'", [rid]
     ).rows[0]

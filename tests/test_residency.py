@@ -138,6 +138,9 @@ def test_the_front_matter_stays_in_the_text_so_offsets_hold(tmp_path: Path) -> N
 
 
 def test_jsonl_records_that_disagree_get_the_intersection(tmp_path: Path) -> None:
+    """With ``corpus.jsonl.per_record: false`` (by default each record is its own
+    document: tests/test_jsonl_records.py)."""
+
     def records(*regions: Any) -> str:
         rows = [{"id": i, "text": f"Record {i}."} for i in range(len(regions) + 1)]
         for row, value in zip(rows, regions, strict=False):
@@ -154,7 +157,7 @@ def test_jsonl_records_that_disagree_get_the_intersection(tmp_path: Path) -> Non
             "us/none.jsonl": records(),
         },
     )
-    assert _decisions(_config(tmp_path, corpus)) == {
+    assert _decisions(_config(tmp_path, corpus, jsonl={"per_record": False})) == {
         "us/agree.jsonl": (("eu",), "metadata:residency"),
         "us/overlap.jsonl": (("ch",), "metadata:residency:intersection"),
         "us/disjoint.jsonl": ((), "metadata:residency:intersection"),

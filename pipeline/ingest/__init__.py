@@ -27,6 +27,7 @@ from pipeline.ingest.base import (
     ExtractedText,
     ExtractOptions,
     Extractor,
+    Record,
     Unparsed,
 )
 from pipeline.ingest.discovery import discover
@@ -42,6 +43,7 @@ __all__ = [
     "Extracted",
     "ExtractedText",
     "Extractor",
+    "Record",
     "Unparsed",
     "discover",
     "extract_many",

@@ -24,6 +24,7 @@ __all__ = [
     "ExtractOptions",
     "ExtractedText",
     "Extractor",
+    "Record",
     "Unparsed",
 ]
 
@@ -85,6 +86,30 @@ class ExtractedText:
     distinct values of ``ExtractOptions.metadata_field`` among its records, each as
     ``{field: value}``. Empty when the document carries no metadata. Residency reads it
     (``pipeline.policy.residency``); the text itself is left as written."""
+    records: tuple[Record, ...] = ()
+    """For ``.jsonl``: each usable record, where its text sits in ``text``, so a reader can
+    make each record its own document (``corpus.jsonl.per_record``). Empty otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One usable record of a JSON Lines file: ``ExtractedText.text[start:end]`` is its text
+    (stripped, without the ``[id]`` line above it).
+
+    ``key`` names it within its file, so ``<file path>#<key>`` is its path as a document:
+    its id (``ExtractOptions.jsonl_id_field``), or its 1-based line number when it has none;
+    a key already taken in the file gets ``~2``, ``~3``, … (``a``, ``a~2``).
+    """
+
+    key: str
+    line: int
+    """1-based line of the file (blank lines counted), for messages."""
+    start: int
+    end: int
+    metadata: Mapping[str, Any] | None
+    """``{ExtractOptions.metadata_field: value}``, or ``None`` when it has no such field."""
+    size_bytes: int
+    """Its line's length in UTF-8."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +132,8 @@ class ExtractOptions:
     jsonl_text_field: str = "text"
     """The field of each JSONL record that holds its text."""
     jsonl_id_field: str = "id"
-    """The field of each JSONL record that holds its id, shown as ``[id]`` above its text."""
+    """The field of each JSONL record that holds its id: shown as ``[id]`` above its text,
+    and its ``Record.key`` (so its path as a document is ``<file>#<id>``)."""
     metadata_field: str = "residency"
     """The metadata field kept from each JSONL record (``ExtractedText.metadata``); front
     matter is kept whole, and this field is what marks broken front matter as ``Unparsed``."""

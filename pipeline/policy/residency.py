@@ -3,20 +3,26 @@
     rules = Residency.from_config(cfg.corpus)
     rules.decide("eu/contracts/msa.md", metadata=extracted.metadata)
     # Decision(regions=("eu",), rule="eu/**")
+    rules.decide("eu/crm.jsonl#c-17", metadata=({"residency": ["ch"]},), file="eu/crm.jsonl")
+    # Decision(regions=("ch",), rule="metadata:residency")
 
 Four sources, the most specific first; the first that speaks decides, alone:
 
 1. the document's own metadata (``corpus.residency_field``, default ``residency``): a key
-   of the YAML front matter of a ``.md``/``.txt`` file, or a field of ``.jsonl``
-   records. A ``.jsonl`` file is one document, so when its records disagree it gets the
-   **intersection** of their regions, the most restrictive answer (records without the
-   field add no restriction; disjoint records leave no region at all). A value that is
-   not regions (``residency: 42``, broken front matter) allows nothing. Rule:
-   ``metadata:residency``, ``metadata:residency:intersection`` or
+   of the YAML front matter of a ``.md``/``.txt`` file, or a field of a ``.jsonl``
+   record. Each record is its own document (``data.jsonl#<key>``, see
+   ``pipeline.ingest.jsonl``) and has its own field's answer; with
+   ``corpus.jsonl.per_record: false`` the file is one document, so when its records
+   disagree it gets the **intersection** of their regions, the most restrictive answer
+   (records without the field add no restriction; disjoint records leave no region at
+   all). A value that is not regions (``residency: 42``, broken front matter) allows
+   nothing. Rule: ``metadata:residency``, ``metadata:residency:intersection`` or
    ``metadata:residency:invalid``;
-2. the manifest (``corpus.residency_manifest``), by doc id or path. Rule:
+2. the manifest (``corpus.residency_manifest``), by doc id or path; for a record, an
+   entry for the record (``data.jsonl#c-17``) first, then one for its file. Rule:
    ``manifest:<file name>:<line>``;
-3. the path globs of ``corpus.residency``, in order, the first match. Rule: the glob;
+3. the path globs of ``corpus.residency``, in order, the first match; a record's file
+   path is matched (``eu/**`` and ``**/*.jsonl`` keep working). Rule: the glob;
 4. ``corpus.residency_default``. Rule: ``default``, or ``default:deny`` when it is
    ``deny``, which gives no region at all, so the document's chunks fail with
    ``no_route`` and nothing is sent anywhere. There is no implicit "any region".
@@ -26,7 +32,9 @@ spaces, or ``deny`` (none). Every chunk records its ``regions`` and its ``rule``
 
 Without ``metadata`` (a rerun knows only a chunk's path), ``decide`` reads the
 document's metadata from the file under ``corpus.path``; a file that is gone leaves the
-other sources to decide.
+other sources to decide. A record's path reads that record of its file: a record that is
+no longer there (or whose file is gone) allows no region, since its own field may have
+been stricter than the rules for its file's path.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from pipeline.globs import glob_match
 from pipeline.ingest.base import DocumentError, ExtractOptions, Unparsed
 from pipeline.ingest.extraction import extract_text
 from pipeline.ingest.frontmatter import read_front_matter
+from pipeline.ingest.jsonl import split_record_path
 from pipeline.models import Document, stable_id
 from pipeline.policy.manifest import Manifest, load_manifest, parse_regions
 
@@ -97,22 +106,30 @@ class Residency:
         options = extract_options(corpus)
         return cls(rules, default, corpus.residency_field, manifest, corpus.path, options)
 
-    def decide(self, path: str, metadata: Metadata | None = None) -> Decision:
+    def decide(
+        self, path: str, metadata: Metadata | None = None, *, file: str | None = None
+    ) -> Decision:
         """The regions of the document at ``path`` (relative to ``corpus.path``).
 
-        ``metadata`` is the document's ``ExtractedText.metadata``; ``None`` reads it from
-        the file (see the module docstring).
+        ``metadata`` is the document's ``ExtractedText.metadata`` (a JSONL record's: its
+        ``Record.metadata``); ``None`` reads it from the file (see the module docstring).
+        ``file`` is the file a record's ``path`` belongs to, when the caller knows it;
+        otherwise it is read from ``path`` (``data.jsonl#c-17``: ``data.jsonl``).
         """
+        file = self.file_of(path) if file is None else file
         if self.field is not None:
-            found = self._by_metadata(self._metadata_of(path) if metadata is None else metadata)
+            if metadata is None:
+                metadata = self._metadata_of(path, file)
+            found = self._by_metadata(metadata)
             if found is not None:
                 return found
         if self.manifest is not None:
-            entry = self.manifest.lookup(stable_id(path))
-            if entry is not None:
-                return Decision(regions=entry.regions, rule=self.manifest.rule(entry))
+            for key in dict.fromkeys((path, file)):  # the record's own entry first
+                entry = self.manifest.lookup(stable_id(key))
+                if entry is not None:
+                    return Decision(regions=entry.regions, rule=self.manifest.rule(entry))
         for pattern, regions in self.rules:
-            if glob_match(pattern, path):
+            if glob_match(pattern, file):
                 return Decision(regions=regions, rule=pattern)
         if self.default is None:
             return Decision(regions=(), rule="default:deny")
@@ -135,15 +152,27 @@ class Residency:
             regions=regions, rule=rule if len(distinct) == 1 else rule + ":intersection"
         )
 
-    def _metadata_of(self, path: str) -> Metadata:
-        """The metadata of the file at ``path``, read from disk (the last one is kept, as
-        a rerun asks for each chunk of a document in turn)."""
-        if self.root is None or PurePosixPath(path).suffix.lower() not in METADATA_SUFFIXES:
+    def file_of(self, path: str) -> str:
+        """The file holding the document at ``path``: ``path`` itself, or for a JSONL
+        record's path (``data.jsonl#c-17``) its file's. A file whose own name has
+        ``.jsonl#`` in it is told apart by what is under ``corpus.path``."""
+        splits = split_record_path(path)
+        if not splits or (self.root is not None and (self.root / path).is_file()):
+            return path
+        on_disk = [f for f, _ in splits if self.root is not None and (self.root / f).is_file()]
+        return (on_disk or [splits[0][0]])[0]
+
+    def _metadata_of(self, path: str, file: str) -> Metadata:
+        """The metadata of the document at ``path`` (in ``file``), read from disk (the last
+        file's is kept, as a rerun asks for each chunk of a document in turn)."""
+        if self.root is None or PurePosixPath(file).suffix.lower() not in METADATA_SUFFIXES:
             return ()
-        if self._last[0] != path:
-            self._last[:] = [path, _read_metadata(self.root, path, self.options)]
-        found: Metadata = self._last[1]
-        return found
+        if self._last[0] != file:
+            self._last[:] = [file, _read_metadata(self.root, file, self.options)]
+        read: _FileMetadata = self._last[1]
+        if file == path:
+            return read.whole
+        return _record_metadata(read, path, file, self.options.metadata_field)
 
     def unmatched(self, paths: Iterable[str]) -> list[str]:
         """Sentences about each path rule of ``corpus.residency`` that matches none of
@@ -202,19 +231,42 @@ def unserved_warning(regions: Sequence[str], where: str, served: Iterable[str]) 
     return f"{what} served by no configured endpoint: its documents will fail with no_route"
 
 
-def _read_metadata(root: Path, path: str, options: ExtractOptions) -> Metadata:
+@dataclass(frozen=True, slots=True)
+class _FileMetadata:
+    """What ``decide`` read of one file: its metadata as a whole, and for JSONL each
+    record's by key (``None``: the file is gone or unreadable, and ``missing`` says so)."""
+
+    whole: Metadata
+    records: Mapping[str, Metadata] | None = None
+    missing: str = "is gone"
+
+
+def _read_metadata(root: Path, path: str, options: ExtractOptions) -> _FileMetadata:
     """What ``extract_text`` would find; a file that is gone has none, one that cannot be
     read gets ``Unparsed`` (so it is sent nowhere rather than by its path)."""
     file = root / path
     if not file.is_file():
         log.warning("%s: not under %s any more; its own residency cannot be read", path, root)
-        return ()
+        return _FileMetadata(())
     field = options.metadata_field
     try:
         if file.suffix.lower() != ".jsonl":
             meta = read_front_matter(file, "utf-8", field=field)
-            return () if meta is None else (meta,)
+            return _FileMetadata(() if meta is None else (meta,))
         doc = Document.at(root, file, file.stat().st_size)
-        return extract_text(doc, max_bytes=file.stat().st_size, options=options).metadata
+        got = extract_text(doc, max_bytes=file.stat().st_size, options=options)
     except (OSError, DocumentError) as exc:
-        return ({field: Unparsed(str(exc))},)
+        return _FileMetadata(({field: Unparsed(str(exc))},), missing=f"cannot be read ({exc})")
+    records = {r.key: () if r.metadata is None else (r.metadata,) for r in got.records}
+    return _FileMetadata(got.metadata, records)
+
+
+def _record_metadata(read: _FileMetadata, path: str, file: str, field: str) -> Metadata:
+    """The metadata of the record at ``path`` of ``file``; a record that is not there gets
+    ``Unparsed``, so it is sent nowhere rather than by its file's path."""
+    key = path[len(file) + 1 :]
+    if read.records is not None and key in read.records:
+        return read.records[key]
+    why = f"{file} {read.missing}" if read.records is None else f"{file} has no record {key!r}"
+    log.warning("%s: %s; its own residency cannot be read, so it is sent nowhere", path, why)
+    return ({field: Unparsed(why)},)
