@@ -126,6 +126,7 @@ def _run_flow(flow: Callable[[], Awaitable[Any]], run_id: str, config: Path) -> 
     which ``--resume`` recovers.
     """
     from flows.prefect_api import prefect_api
+    from flows.terminal import progress_bar
 
     resume = f"docroute run --config {config} --resume {run_id}"
     main: asyncio.Task[Any] | None = None
@@ -148,7 +149,7 @@ def _run_flow(flow: Callable[[], Awaitable[Any]], run_id: str, config: Path) -> 
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        with prefect_api():
+        with prefect_api(), progress_bar(sys.stderr.isatty()):
             try:
                 return asyncio.run(top())
             except asyncio.CancelledError:

@@ -19,6 +19,7 @@ already spent against the same cap.
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as current_flow_run
 from prefect.utilities.annotations import quote
 
+from flows import terminal
 from flows.summary import summary_markdown
 from pipeline.batches import Batch, drive
 from pipeline.config import Config, load_config
@@ -48,7 +50,7 @@ from pipeline.secrets import install_log_scrubber
 from pipeline.store import Store
 from pipeline.summary import endpoint_table
 
-#: Seconds between progress lines while a batch is in flight.
+#: Seconds between progress lines while the run works (``DOCROUTE_PROGRESS_EVERY_S``).
 PROGRESS_EVERY_S = 5.0
 
 
@@ -73,10 +75,27 @@ async def process_batch(run: Run, batch: Batch) -> dict[str, int]:
 
 
 async def _tick(run: Run, logger: Any) -> None:
-    """The run's progress, one line every ``PROGRESS_EVERY_S`` (whatever is in flight)."""
+    """The run's progress: one line every ``progress_every_s()`` (whatever is in flight),
+    and on a terminal the bar redrawn twice a second (``flows.terminal``)."""
+    every = progress_every_s()
+    last = time.monotonic()
     while True:
-        await asyncio.sleep(PROGRESS_EVERY_S)
-        logger.info("… %s", run.progress.line())
+        await asyncio.sleep(min(terminal.REFRESH_S, every))
+        terminal.show(run.progress)
+        if time.monotonic() - last >= every:
+            last = time.monotonic()
+            logger.info("… %s", run.progress.line(), extra=terminal.PROGRESS)
+
+
+def progress_every_s() -> float:
+    """Seconds between progress lines: ``$DOCROUTE_PROGRESS_EVERY_S``, else
+    ``PROGRESS_EVERY_S``."""
+    text = os.environ.get("DOCROUTE_PROGRESS_EVERY_S", "").strip()
+    try:
+        value = float(text) if text else PROGRESS_EVERY_S
+    except ValueError:
+        value = PROGRESS_EVERY_S
+    return value if value > 0 else PROGRESS_EVERY_S
 
 
 async def _drive(run: Run, batches: Iterable[Batch]) -> dict[str, Any]:

@@ -96,7 +96,7 @@ class Progress:
             parts.append(f"{self.rate(now):.1f} chunks/s")
             eta = self.eta_s(now)
             if eta is not None and self.chunks < (self.total or 0):
-                parts.append(f"ETA {_duration(eta)}")
+                parts.append(f"ETA {duration(eta)}")
         parts.append(f"${self.spend_usd:.4f} of ${self.budget_usd:.2f} ({share:.1f}%)")
         projected = self.projected_usd()
         if projected is not None and self.chunks < (self.total or 0):
@@ -104,7 +104,7 @@ class Progress:
         return " · ".join(parts)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     """``42s``, ``3m05s``, ``1h02m``."""
     s = round(seconds)
     if s < 60:
