@@ -45,10 +45,15 @@ def last_night(store: Store, cfg: Config, *, not_run: str | None = None) -> RunR
 
 def corpus_paths(store: Store, run_id: str) -> set[str]:
     """The paths of the documents run ``run_id`` read (its deleted rows left out)."""
+    return set(_read_documents(store, run_id))
+
+
+def _read_documents(store: Store, run_id: str) -> dict[str, str]:
+    """Path → doc id of the documents run ``run_id`` read (its deleted rows left out)."""
     rows = store.read(
-        "SELECT path FROM documents WHERE run_id = ? AND status <> 'deleted'", [run_id]
+        "SELECT path, doc_id FROM documents WHERE run_id = ? AND status <> 'deleted'", [run_id]
     ).rows
-    return {path for (path,) in rows}
+    return dict(rows)
 
 
 def deleted_rows(store: Store, before: RunRecord, run_id: str) -> list[DocumentRow]:
@@ -57,26 +62,18 @@ def deleted_rows(store: Store, before: RunRecord, run_id: str) -> list[DocumentR
     recorded = {
         p for (p,) in store.read("SELECT path FROM documents WHERE run_id = ?", [run_id]).rows
     }
-    gone = sorted(corpus_paths(store, before.run_id) - recorded)  # once, also when resumed
-    if not gone:
-        return []
-    ids = dict(
-        store.read(
-            "SELECT path, doc_id FROM documents WHERE run_id = ? AND status <> 'deleted'",
-            [before.run_id],
-        ).rows
-    )
+    then = _read_documents(store, before.run_id)
     return [
         DocumentRow(
             run_id=run_id,
-            doc_id=ids[path],
+            doc_id=then[path],
             path=path,
             size_bytes=0,
             status="deleted",
             reason="gone",
             message=f"read by run {before.run_id}; not in the corpus any more",
         )
-        for path in gone
+        for path in sorted(set(then) - recorded)  # once, also when resumed
     ]
 
 

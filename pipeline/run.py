@@ -108,7 +108,6 @@ class Run:
         self._count_prior()
         self.started_at = opening.started_at or time.time()
         self.reuse = opening.reuse or ReuseScope.of(cfg, self.store, now=self.started_at)
-        self.deleted: list[DocumentRow] = []  # last night's documents gone tonight
         self.sync = Dispatcher(
             run_id=self.run_id,
             router=self.router,
@@ -257,8 +256,9 @@ class Run:
         before = last_night(self.store, self.cfg, not_run=self.run_id)
         if before is None:
             return
-        self.deleted = deleted_rows(self.store, before, self.run_id)
-        self.store.write_rows("documents", self.run_id, self.deleted)
+        self.store.write_rows(
+            "documents", self.run_id, deleted_rows(self.store, before, self.run_id)
+        )
 
     def compact(self) -> None:
         """Merge this run's small parts into one per table (readers never miss or double)."""
