@@ -299,6 +299,25 @@ def test_a_crash_between_part_and_journal_removal_is_not_counted_twice(tmp_path:
     assert rows[0] == 5 and rows[1] == pytest.approx(0.05)
 
 
+def test_recovered_answers_enter_the_reuse_index(tmp_path: Path) -> None:
+    """A result a killed run journaled is reusable the next night: recovery writes its
+    ``answers`` row with it (a paid answer the index missed would be paid again)."""
+    from dataclasses import replace
+
+    from pipeline.family import ReuseIndex
+    from tests.test_store import result
+
+    store = Store(tmp_path)
+    journal = Journal.open(store.root, "r1", "r1/b00001")
+    for i in range(2):
+        journal.append_result(replace(result(i, "r1"), idem_key=f"k{i}"))
+    journal.close()  # killed before the batch's parts
+    recover(store)
+    assert store.read("SELECT count(*) FROM results WHERE run_id = 'r1'").rows[0][0] == 2
+    index = ReuseIndex.load(store, "tonight", across_runs=True)
+    assert index.paid_by("k0") == ("r1", "eu-west") and index.paid_by("k1") == ("r1", "eu-west")
+
+
 def test_a_live_journal_is_left_alone_and_a_torn_line_is_skipped(tmp_path: Path) -> None:
     store = Store(tmp_path)
     live = Journal.open(store.root, "r1", "r1/b00001")
